@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tuneavideo_ms",
+    version="0.1.0",
+    description="Tune-A-Video (one-shot video tuning of Stable Diffusion) on MindSpore",
+    packages=find_packages(include=["tuneavideo_ms", "tuneavideo_ms.*", "weights_convert", "weights_convert.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy>=1.24,<2",
+        "safetensors>=0.4",
+        "omegaconf>=2.3",
+        "imageio>=2.31",
+        "imageio-ffmpeg>=0.4.9",
+        "opencv-python-headless>=4.8",
+        "tqdm>=4.60",
+        "transformers==4.57.1",  # CLIPTokenizer; mindone 0.5.0 pins this version too
+        "huggingface_hub>=0.34,<1.0",  # 1.x breaks transformers 4.57.1
+    ],
+    extras_require={
+        # PyTorch and diffusers only build fixtures and references in the tests
+        "test": ["pytest>=7", "torch==2.13.0", "diffusers==0.35.2"],
+    },
+)

@@ -1,0 +1,2 @@
+"""Tune-A-Video on MindSpore."""
+__version__ = "0.1.0"

@@ -1,0 +1,132 @@
+"""Device, execution mode, precision and the per-backend kernels.
+
+This is the one module that knows about hardware. Model cells ask it for their
+convolution and attention kernels when they are built; every kernel here
+computes the same numbers as the portable one (tests compare them).
+"""
+import logging
+import os
+
+import mindspore as ms
+from mindspore import ops
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("Ascend", "GPU", "CPU")
+_state = {"device": None, "mode": None, "kernels": "auto"}
+
+
+def setup(device=None, mode="graph", kernels=None):
+    """Pick the device (Ascend, then GPU, then CPU unless `device` or
+    TUNEAVIDEO_DEVICE says otherwise), the execution mode ("graph" or
+    "pynative") and the kernel set ("auto" or "portable", also from
+    TUNEAVIDEO_KERNELS). Call before building models: cells take their kernels
+    when constructed."""
+    device = device or os.environ.get("TUNEAVIDEO_DEVICE") or _detect_device()
+    device = {d.lower(): d for d in DEVICES}.get(device.lower())
+    if device is None:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if mode not in ("graph", "pynative"):
+        raise ValueError(f"mode must be 'graph' or 'pynative', not {mode!r}")
+    kernels = kernels or os.environ.get("TUNEAVIDEO_KERNELS", "auto")
+    if kernels not in ("auto", "portable"):
+        raise ValueError(f"kernels must be 'auto' or 'portable', not {kernels!r}")
+    ms.set_device(device)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    _state.update(device=device, mode=mode, kernels=kernels)
+    logger.info("backend: device=%s mode=%s kernels=%s", device, mode, kernels)
+    return device
+
+
+def _detect_device():
+    # hal.is_available logs a warning for every missing plugin; silence it here.
+    ms_logger = logging.getLogger("mindspore")
+    level = ms_logger.level
+    ms_logger.setLevel(logging.ERROR)
+    try:
+        for device in ("Ascend", "GPU"):
+            if ms.hal.is_available(device):
+                return device
+    finally:
+        ms_logger.setLevel(level)
+    return "CPU"
+
+
+def device():
+    """The device in use: the one `setup` chose, else MindSpore's current target."""
+    return _state["device"] or ms.get_context("device_target")
+
+
+def check_dtype(dtype):
+    """bf16 matmuls have no CPU kernel in MindSpore 2.10; say so up front."""
+    if dtype == ms.bfloat16 and device() == "CPU":
+        raise ValueError("bf16 needs an Ascend device: MindSpore has no bf16 MatMul kernel on CPU; use fp32 or fp16")
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def conv2d_portable(x, weight, bias, stride, padding):
+    """MindSpore's own convolution: the path for Ascend and GPU."""
+    y = ops.conv2d(x, weight, None, stride=stride, pad_mode="pad", padding=padding)
+    return y + bias.reshape(1, -1, 1, 1)
+
+
+def conv2d_matmul(x, weight, bias, stride, padding):
+    """Convolution as one MatMul, for CPU, where MindSpore's conv kernel runs at
+    about 0.5 GFLOP/s and MatMul at about 60.
+
+    The padded image is flattened row by row, so the input seen by tap (dy, dx)
+    of every output pixel is one contiguous slice starting at dy * row + dx.
+    Each output row then carries kw - 1 junk columns, cropped at the end; a
+    strided convolution takes every stride-th output of the unit-stride one."""
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    if kh == 1 and kw == 1 and padding == 0:
+        x = x[:, :, ::stride, ::stride] if stride > 1 else x
+        _, _, h, w = x.shape
+        y = ops.matmul(weight.reshape(o, c), x.reshape(n, c, h * w)).reshape(n, o, h, w)
+        return y + bias.reshape(1, o, 1, 1)
+    row = w + 2 * padding
+    out_h = h + 2 * padding - kh + 1
+    # one extra padded row at the bottom keeps the last tap's slice in bounds
+    xp = ops.pad(x, (padding, padding, padding, padding + 1)).reshape(n, c, -1)
+    taps = []
+    for dy in range(kh):
+        for dx in range(kw):
+            start = dy * row + dx
+            taps.append(xp[:, :, start:start + out_h * row])
+    cols = ops.concat(taps, 1)
+    w_mat = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
+    y = ops.matmul(w_mat, cols).reshape(n, o, out_h, row)[:, :, :, :row - kw + 1]
+    if stride > 1:
+        y = y[:, :, ::stride, ::stride]
+    return y + bias.reshape(1, o, 1, 1)
+
+
+def conv2d_kernel():
+    if _state["kernels"] == "auto" and device() == "CPU":
+        return conv2d_matmul
+    return conv2d_portable
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_portable(q, k, v, heads, scale, upcast):
+    """Scaled dot-product attention over [batch, length, heads * dim] inputs."""
+    b, lq, inner = q.shape
+    lk = k.shape[1]
+    d = inner // heads
+    dtype = q.dtype
+    q = q.reshape(b, lq, heads, d).transpose(0, 2, 1, 3)
+    k = k.reshape(b, lk, heads, d).transpose(0, 2, 3, 1)
+    v = v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
+    if upcast:
+        q, k = q.astype(ms.float32), k.astype(ms.float32)
+    scores = ops.matmul(q, k) * scale
+    probs = ops.softmax(scores.astype(ms.float32), axis=-1).astype(dtype)
+    out = ops.matmul(probs, v)
+    return out.transpose(0, 2, 1, 3).reshape(b, lq, inner)
+
+
+def attention_kernel():
+    return attention_portable

@@ -1,0 +1,3 @@
+from .unet import UNet3DConditionModel
+
+__all__ = ["UNet3DConditionModel"]
