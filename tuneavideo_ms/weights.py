@@ -103,6 +103,10 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _LazyTensor(read, dtype, storage_offset, tuple(size), tuple(stride))
 
 
+class _OrderedDict(dict):
+    """Stands in for OrderedDict; torch attaches `_metadata` to state dicts."""
+
+
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
@@ -112,7 +116,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     _ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
                 ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-                ("collections", "OrderedDict"): dict}
+                ("collections", "OrderedDict"): _OrderedDict}
 
     def __init__(self, file, path, read_record):
         super().__init__(file)
