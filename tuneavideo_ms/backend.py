@@ -22,10 +22,10 @@ def setup(device=None, mode="graph", kernels=None):
     "pynative") and the kernel set ("auto" or "portable", also from
     TUNEAVIDEO_KERNELS). Call before building models: cells take their kernels
     when constructed."""
-    device = device or os.environ.get("TUNEAVIDEO_DEVICE") or _detect_device()
-    device = {d.lower(): d for d in DEVICES}.get(device.lower())
+    requested = device or os.environ.get("TUNEAVIDEO_DEVICE") or _detect_device()
+    device = {d.lower(): d for d in DEVICES}.get(requested.lower())
     if device is None:
-        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise ValueError(f"unknown device {requested!r}; choose one of {', '.join(DEVICES)}")
     if mode not in ("graph", "pynative"):
         raise ValueError(f"mode must be 'graph' or 'pynative', not {mode!r}")
     kernels = kernels or os.environ.get("TUNEAVIDEO_KERNELS", "auto")

@@ -1,0 +1,76 @@
+"""CPU convolution: MindSpore's nn.Conv2d against the MatMul kernel of
+backend.py, PyNative and graph mode, side by side with PyTorch when installed.
+
+    python bench/conv.py [--shape 8,64,32,32] [--repeat 5]
+"""
+import argparse
+import time
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from tuneavideo_ms import backend
+
+
+def _time(fn, repeat):
+    fn()  # warm-up (and compilation under ms.jit)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="8,64,32,32")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    n, c, h, w = (int(v) for v in args.shape.split(","))
+    backend.setup("CPU", "pynative")
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    w_np = rng.standard_normal((c, c, 3, 3), dtype=np.float32) * 0.05
+    b_np = rng.standard_normal(c, dtype=np.float32)
+    x, weight, bias = ms.Tensor(x_np), ms.Tensor(w_np), ms.Tensor(b_np)
+    conv = nn.Conv2d(c, c, 3, pad_mode="pad", padding=1, has_bias=True)
+    conv.weight.set_data(weight)
+    conv.bias.set_data(bias)
+    reference = conv(x).asnumpy()
+
+    def matmul_conv(x, weight, bias):
+        return backend.conv2d_matmul(x, weight, bias, 1, 1)
+
+    jitted = ms.jit(matmul_conv)
+    rows = [("MindSpore nn.Conv2d (PyNative)", lambda: conv(x).asnumpy()),
+            ("MatMul conv, PyNative", lambda: matmul_conv(x, weight, bias).asnumpy()),
+            ("MatMul conv, ms.jit (graph)", lambda: jitted(x, weight, bias).asnumpy())]
+    try:
+        import torch
+        torch.set_num_threads(ms.get_context("runtime_num_threads") or 2)
+        tconv = torch.nn.Conv2d(c, c, 3, padding=1)
+        with torch.no_grad():
+            tconv.weight.copy_(torch.from_numpy(w_np))
+            tconv.bias.copy_(torch.from_numpy(b_np))
+        tx = torch.from_numpy(x_np)
+        rows.append(("PyTorch Conv2d", lambda: tconv(tx).detach()))
+    except ImportError:
+        pass
+
+    flops = 2 * n * c * c * 9 * h * w
+    base = None
+    print(f"3x3 conv {c}->{c} on [{n},{c},{h},{w}], best of {args.repeat}\n")
+    print("| kernel | seconds | GFLOP/s | speed-up vs nn.Conv2d | max rel. diff vs nn.Conv2d |")
+    print("|---|---|---|---|---|")
+    for name, fn in rows:
+        seconds = _time(fn, args.repeat)
+        base = base or seconds
+        out = np.asarray(fn())
+        diff = np.abs(out - reference).max() / np.abs(reference).max()
+        print(f"| {name} | {seconds:.4f} | {flops / seconds / 1e9:.1f} | {base / seconds:.1f}x | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+import mindspore as ms
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from tuneavideo_ms import backend
+
+
+@pytest.mark.parametrize("shape,out_channels,kernel,stride,padding", [
+    ((8, 64, 32, 32), 64, 3, 1, 1),   # the shape the speed target is measured on (bench/conv.py)
+    ((2, 5, 9, 7), 6, 3, 1, 1),       # odd sizes, odd channels
+    ((2, 8, 8, 10), 16, 3, 2, 1),     # downsampling
+    ((2, 8, 9, 9), 16, 3, 2, 0),      # downsampling after diffusers' asymmetric pad
+    ((3, 8, 6, 6), 4, 1, 1, 0),       # shortcut / proj_in
+    ((1, 4, 8, 8), 8, 5, 1, 2),       # a wider kernel (conv_in_kernel)
+])
+def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, padding):
+    x = ms.Tensor(rng.standard_normal(shape, dtype=np.float32))
+    w = ms.Tensor(rng.standard_normal((out_channels, shape[1], kernel, kernel), dtype=np.float32) * 0.1)
+    b = ms.Tensor(rng.standard_normal(out_channels, dtype=np.float32))
+    fast = backend.conv2d_matmul(x, w, b, stride, padding).asnumpy()
+    portable = backend.conv2d_portable(x, w, b, stride, padding).asnumpy()
+    assert fast.shape == portable.shape
+    assert rel_err(fast, portable) < 1e-6
+
+
+def test_kernel_switch(monkeypatch):
+    assert backend.device() == "CPU"
+    assert backend.conv2d_kernel() is backend.conv2d_matmul
+    monkeypatch.setitem(backend._state, "kernels", "portable")
+    assert backend.conv2d_kernel() is backend.conv2d_portable
+
+
+def test_setup_rejects_unknown_values(monkeypatch):
+    with pytest.raises(ValueError, match="unknown device 'TPU'"):
+        backend.setup("TPU")
+    with pytest.raises(ValueError, match="mode must be"):
+        backend.setup("CPU", mode="eager")
+    monkeypatch.setenv("TUNEAVIDEO_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        backend.setup(mode="pynative")
+
+
+def test_environment_overrides_detection(monkeypatch):
+    monkeypatch.setenv("TUNEAVIDEO_DEVICE", "cpu")
+    assert backend.setup(mode="pynative") == "CPU"
+
+
+def test_bf16_on_cpu_is_refused_clearly():
+    with pytest.raises(ValueError, match="bf16 needs an Ascend device"):
+        backend.check_dtype(ms.bfloat16)
+    backend.check_dtype(ms.float16)

@@ -1,0 +1,144 @@
+"""The weight reader, strict loading, and the errors bad files and inputs give."""
+import json
+import os
+import shutil
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from torch_reference import SD1_CONFIG, make_unet_2d
+from tuneavideo_ms.models import UNet3DConditionModel
+from tuneavideo_ms.weights import WeightsError, read_state_dict
+
+
+@pytest.fixture(scope="module")
+def sd_unet(tmp_path_factory):
+    """A tiny SD 1.x UNet folder in the diffusers format, .bin and .safetensors."""
+    root = tmp_path_factory.mktemp("sd")
+    unet = make_unet_2d(SD1_CONFIG)
+    unet.save_pretrained(root / "bin", safe_serialization=False)
+    unet.save_pretrained(root / "st", safe_serialization=True)
+    return root, unet.state_dict()
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bin_and_safetensors_read_as_torch_wrote_them(sd_unet):
+    root, expected = sd_unet
+    for path in (root / "bin" / "diffusion_pytorch_model.bin", root / "st" / "diffusion_pytorch_model.safetensors"):
+        state = read_state_dict(path)
+        assert state.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert np.array_equal(state[name], tensor.numpy()), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_sources_are_read_exactly(tmp_path, dtype):
+    t = {"a.weight": torch.randn(3, 5).to(dtype), "b": torch.randn(7).to(dtype)[::2]}  # a strided view too
+    torch.save(t, tmp_path / "w.bin")
+    save_file({k: v.contiguous() for k, v in t.items()}, tmp_path / "w.safetensors")
+    for path in ("w.bin", "w.safetensors"):
+        state = read_state_dict(tmp_path / path)
+        for name, tensor in t.items():
+            assert np.array_equal(state[name].astype(np.float32), tensor.float().numpy()), (path, name)
+
+
+def test_mindspore_checkpoint_is_read(tmp_path):
+    params = [{"name": "x.weight", "data": ms.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))}]
+    ms.save_checkpoint(params, str(tmp_path / "w.ckpt"))
+    assert np.array_equal(read_state_dict(tmp_path / "w.ckpt")["x.weight"], np.arange(6).reshape(2, 3))
+
+
+def test_pickle_calling_os_system_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"w": torch.zeros(1), "evil": Exploit()}, tmp_path / "evil.bin")
+    with pytest.raises(WeightsError, match=r"global (posix|os)\.system"):
+        read_state_dict(tmp_path / "evil.bin")
+    assert not marker.exists()
+
+
+def test_truncated_and_corrupt_files(sd_unet, tmp_path):
+    root, _ = sd_unet
+    for name in ("bin/diffusion_pytorch_model.bin", "st/diffusion_pytorch_model.safetensors"):
+        data = (root / name).read_bytes()
+        bad = tmp_path / os.path.basename(name)
+        bad.write_bytes(data[: len(data) // 2])
+        with pytest.raises(WeightsError, match="truncated"):
+            read_state_dict(bad)
+    bad = tmp_path / "header.safetensors"
+    bad.write_bytes((20).to_bytes(8, "little") + b"{not json at all!!!}" + b"\0" * 64)
+    with pytest.raises(WeightsError, match="corrupt safetensors header"):
+        read_state_dict(bad)
+    bad = tmp_path / "w.ckpt"
+    bad.write_bytes(b"\x01\x02garbage" * 10)
+    with pytest.raises(WeightsError, match="corrupt or unreadable MindSpore checkpoint"):
+        read_state_dict(bad)
+    with pytest.raises(WeightsError, match="weight file not found"):
+        read_state_dict(tmp_path / "absent.bin")
+
+
+def test_missing_unexpected_and_misshaped_tensors_are_named(sd_unet, tmp_path):
+    root, expected = sd_unet
+    state = {k: v.clone() for k, v in expected.items()}
+    del state["conv_in.bias"]
+    state["extra.weight"] = torch.zeros(2)
+    state["conv_out.weight"] = torch.zeros(4, 32, 1, 1)
+    folder = _copy(root / "st", tmp_path / "unet")
+    save_file(state, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(WeightsError) as e:
+        UNet3DConditionModel.from_pretrained_2d(str(folder))
+    message = str(e.value)
+    assert "1 missing: conv_in.bias" in message
+    assert "1 unexpected: extra.weight" in message
+    assert "conv_out.weight (4, 32, 1, 1) vs (4, 32, 3, 3)" in message
+    # a tuned video UNet must carry its temporal layers
+    with pytest.raises(WeightsError, match=r"missing: .*attn_temp"):
+        UNet3DConditionModel.from_pretrained(str(root / "st"))
+
+
+def test_missing_config_or_weights(sd_unet, tmp_path):
+    root, _ = sd_unet
+    folder = _copy(root / "st", tmp_path / "a")
+    os.remove(folder / "config.json")
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        UNet3DConditionModel.from_pretrained_2d(str(folder))
+    folder = _copy(root / "st", tmp_path / "b")
+    os.remove(folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(WeightsError, match="no weight file in"):
+        UNet3DConditionModel.from_pretrained_2d(str(folder))
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        UNet3DConditionModel.from_pretrained_2d(str(tmp_path), subfolder="unet")
+
+
+def test_unsupported_config_is_named(sd_unet, tmp_path):
+    root, _ = sd_unet
+    folder = _copy(root / "st", tmp_path / "c")
+    config = json.loads((folder / "config.json").read_text())
+    config["addition_embed_type"] = "text_time"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="addition_embed_type='text_time'"):
+        UNet3DConditionModel.from_pretrained_2d(str(folder))
+
+
+def test_bad_inputs_are_explained():
+    unet = UNet3DConditionModel(**SD1_CONFIG)
+    context = ms.Tensor(np.zeros((1, 7, 32), np.float32))
+    with pytest.raises(ValueError, match="must be 5-D"):
+        unet(ms.Tensor(np.zeros((1, 4, 8, 8), np.float32)), 1, context)
+    with pytest.raises(ValueError, match="has 3 channels; this UNet takes 4"):
+        unet(ms.Tensor(np.zeros((1, 3, 2, 8, 8), np.float32)), 1, context)
+    with pytest.raises(ValueError, match=r"\(12x8\) must be divisible by 8"):
+        unet(ms.Tensor(np.zeros((1, 4, 2, 12, 8), np.float32)), 1, context)
+    with pytest.raises(ValueError, match=r"encoder_hidden_states must be \[batch, tokens, 32\]"):
+        unet(ms.Tensor(np.zeros((1, 4, 2, 8, 8), np.float32)), 1, ms.Tensor(np.zeros((1, 7, 64), np.float32)))
