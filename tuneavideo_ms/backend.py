@@ -111,8 +111,9 @@ def conv2d_kernel():
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_portable(q, k, v, heads, scale, upcast):
-    """Scaled dot-product attention over [batch, length, heads * dim] inputs."""
+def attention_portable(q, k, v, heads, scale, upcast, mask=None):
+    """Scaled dot-product attention over [batch, length, heads * dim] inputs;
+    `mask` is added to the scores (e.g. -inf above the diagonal for causal)."""
     b, lq, inner = q.shape
     lk = k.shape[1]
     d = inner // heads
@@ -123,6 +124,8 @@ def attention_portable(q, k, v, heads, scale, upcast):
     if upcast:
         q, k = q.astype(ms.float32), k.astype(ms.float32)
     scores = ops.matmul(q, k) * scale
+    if mask is not None:
+        scores = scores + mask
     probs = ops.softmax(scores.astype(ms.float32), axis=-1).astype(dtype)
     out = ops.matmul(probs, v)
     return out.transpose(0, 2, 1, 3).reshape(b, lq, inner)

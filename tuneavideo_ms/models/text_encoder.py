@@ -1,0 +1,144 @@
+"""The CLIP text transformer of Stable Diffusion with transformers' parameter
+names (text_model.*), reading text_encoder/ folders without torch."""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from .. import backend
+from .modeling import Config, model_folder, read_config
+from .normalization import LayerNorm
+from ..weights import find_weight_file, iter_tensors, load_into
+
+DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                projection_dim=512, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.ckpt")
+# buffers, not parameters, that some exports carry
+IGNORED = ("text_model.embeddings.position_ids",)
+
+
+def _activation(name):
+    if name == "quick_gelu":
+        return lambda x: x * ops.sigmoid(1.702 * x)
+    if name == "gelu":
+        return lambda x: 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
+    raise ValueError(f"unsupported CLIP hidden_act {name!r} (quick_gelu or gelu)")
+
+
+class Embedding(nn.Cell):
+    """A lookup table with torch's parameter name (weight)."""
+
+    def __init__(self, num, dim):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.random.normal(0, 0.02, (num, dim)).astype(np.float32)), name="weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class CLIPEmbeddings(nn.Cell):
+    def __init__(self, c):
+        super().__init__()
+        self.token_embedding = Embedding(c.vocab_size, c.hidden_size)
+        self.position_embedding = Embedding(c.max_position_embeddings, c.hidden_size)
+
+    def construct(self, ids):
+        positions = ops.arange(ids.shape[1]).astype(ms.int32)
+        return self.token_embedding(ids) + self.position_embedding(positions).expand_dims(0)
+
+
+class CLIPAttention(nn.Cell):
+    def __init__(self, c):
+        super().__init__()
+        self.heads = c.num_attention_heads
+        self.scale = (c.hidden_size // c.num_attention_heads) ** -0.5
+        self.q_proj = nn.Dense(c.hidden_size, c.hidden_size)
+        self.k_proj = nn.Dense(c.hidden_size, c.hidden_size)
+        self.v_proj = nn.Dense(c.hidden_size, c.hidden_size)
+        self.out_proj = nn.Dense(c.hidden_size, c.hidden_size)
+        self.attention = backend.attention_kernel()
+
+    def construct(self, x, mask):
+        out = self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, False, mask)
+        return self.out_proj(out)
+
+
+class CLIPMLP(nn.Cell):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1 = nn.Dense(c.hidden_size, c.intermediate_size)
+        self.fc2 = nn.Dense(c.intermediate_size, c.hidden_size)
+        self.act = _activation(c.hidden_act)
+
+    def construct(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nn.Cell):
+    def __init__(self, c):
+        super().__init__()
+        self.self_attn = CLIPAttention(c)
+        self.layer_norm1 = LayerNorm(c.hidden_size, c.layer_norm_eps)
+        self.mlp = CLIPMLP(c)
+        self.layer_norm2 = LayerNorm(c.hidden_size, c.layer_norm_eps)
+
+    def construct(self, x, mask):
+        x = x + self.self_attn(self.layer_norm1(x), mask)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEncoder(nn.Cell):
+    def __init__(self, c):
+        super().__init__()
+        self.layers = nn.CellList([CLIPEncoderLayer(c) for _ in range(c.num_hidden_layers)])
+
+    def construct(self, x, mask):
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+class CLIPTextTransformer(nn.Cell):
+    def __init__(self, c):
+        super().__init__()
+        self.embeddings = CLIPEmbeddings(c)
+        self.encoder = CLIPEncoder(c)
+        self.final_layer_norm = LayerNorm(c.hidden_size, c.layer_norm_eps)
+        n = c.max_position_embeddings
+        self.causal_mask = Tensor(np.triu(np.full((n, n), -np.inf, np.float32), 1))
+        self.eos_token_id = c.eos_token_id
+
+    def construct(self, ids):
+        length = ids.shape[1]
+        x = self.encoder(self.embeddings(ids), self.causal_mask[:length, :length])
+        x = self.final_layer_norm(x)
+        # the pooled token: the end-of-text token (old configs say eos 2: take the largest id, as transformers does)
+        if self.eos_token_id == 2:
+            eos = ops.argmax(ids, -1)
+        else:
+            eos = ops.argmax((ids == self.eos_token_id).astype(ms.int32), -1)
+        pooled = ops.gather_d(x, 1, ops.broadcast_to(eos.reshape(-1, 1, 1), (x.shape[0], 1, x.shape[2])))
+        return x, pooled.squeeze(1)
+
+
+class CLIPTextModel(nn.Cell):
+    """`model(input_ids)` -> (last_hidden_state, pooler_output), as transformers' CLIPTextModel."""
+
+    def __init__(self, **config):
+        super().__init__()
+        c = Config(DEFAULTS)
+        c.update({k: v for k, v in config.items() if k in DEFAULTS})
+        self.config = c
+        self.text_model = CLIPTextTransformer(c)
+
+    def construct(self, input_ids):
+        return self.text_model(input_ids.astype(ms.int32))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_path, subfolder=None):
+        folder = model_folder(pretrained_model_path, subfolder)
+        model = cls(**read_config(folder))
+        path = find_weight_file(folder, WEIGHT_NAMES)
+        state = {k: v for k, v in iter_tensors(path) if k not in IGNORED}
+        load_into(model, state, source=path)
+        return model

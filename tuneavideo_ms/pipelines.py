@@ -1,0 +1,188 @@
+"""TuneAVideoPipeline: text-to-video sampling with a (tuned) video UNet."""
+import logging
+import os
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+from tqdm.auto import tqdm
+
+from .models import UNet3DConditionModel
+from .models.modeling import read_config
+from .models.text_encoder import CLIPTextModel
+from .models.vae import AutoencoderKL
+from .schedulers import DDIMScheduler
+
+logger = logging.getLogger(__name__)
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class TuneAVideoPipelineOutput:
+    videos: np.ndarray  # float32 [b, 3, f, H, W] in [0, 1]
+
+
+class GuidedDenoiser(nn.Cell):
+    """The UNet and classifier-free guidance as one cell: in graph mode it is
+    compiled once per shape and reused across steps, prompts and videos
+    (the timestep and guidance scale are tensor inputs, not constants)."""
+
+    def __init__(self, unet, guided):
+        super().__init__()
+        self.unet = unet
+        self.guided = guided
+
+    def construct(self, latents, timestep, context, guidance_scale):
+        if self.guided:
+            uncond, cond = ops.chunk(self.unet(ops.concat((latents, latents)), timestep, context), 2)
+            return uncond + guidance_scale * (cond - uncond)
+        return self.unet(latents, timestep, context)
+
+
+def _tensor(x):
+    return x if isinstance(x, ms.Tensor) else ms.Tensor(np.asarray(x, np.float32))
+
+
+class TuneAVideoPipeline:
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, vae_batch_size=4):
+        self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler = (
+            vae, text_encoder, tokenizer, unet, scheduler)
+        self.vae_batch_size = vae_batch_size
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._denoisers = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_path, unet=None, vae=None, text_encoder=None, tokenizer=None,
+                        scheduler=None, vae_batch_size=4):
+        """Loads the components not given from a Stable Diffusion folder (diffusers layout)."""
+        def folder(name):
+            path = os.path.join(pretrained_model_path, name)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"{pretrained_model_path} has no {name}/ folder (a Stable Diffusion folder "
+                                        f"holds {', '.join(COMPONENTS)})")
+            return path
+
+        if unet is None:
+            config = read_config(folder("unet"))
+            inflated = config.get("_class_name") == "UNet3DConditionModel"
+            load = UNet3DConditionModel.from_pretrained if inflated else UNet3DConditionModel.from_pretrained_2d
+            unet = load(folder("unet"))
+        if vae is None:
+            vae = AutoencoderKL.from_pretrained(folder("vae"))
+        if text_encoder is None:
+            text_encoder = CLIPTextModel.from_pretrained(folder("text_encoder"))
+        if tokenizer is None:
+            from transformers import CLIPTokenizer
+            tokenizer = CLIPTokenizer.from_pretrained(folder("tokenizer"))
+        if scheduler is None:
+            scheduler = DDIMScheduler.from_pretrained(folder("scheduler"))
+        return cls(vae, text_encoder, tokenizer, unet, scheduler, vae_batch_size)
+
+    # ------------------------------------------------------------------------- text
+
+    def encode_prompt(self, prompt):
+        """Text embeddings [len(prompts), tokens, width] for a prompt or a list of them."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="np").input_ids
+        return self.text_encoder(ms.Tensor(ids.astype(np.int32)))[0]
+
+    # ------------------------------------------------------------------------- VAE
+
+    def _frames_in_chunks(self, fn, x):
+        """Applies `fn` to [(b f), ...] frames vae_batch_size at a time, so long
+        clips at full size fit in memory; `fn` returns a tensor or a tuple."""
+        outputs = [fn(x[i:i + self.vae_batch_size]) for i in range(0, x.shape[0], self.vae_batch_size)]
+        if isinstance(outputs[0], tuple):
+            return tuple(ops.concat(parts, 0) for parts in zip(*outputs))
+        return ops.concat(outputs, 0)
+
+    def encode_video(self, pixels, deterministic=True, seed=None):
+        """Pixels [b, 3, f, H, W] in [-1, 1] -> scaled latents [b, 4, f, H/8, W/8]
+        (the posterior mean when deterministic, a sample otherwise)."""
+        mean, std = self.encode_posterior(pixels)
+        if not deterministic:
+            noise = np.random.default_rng(seed).standard_normal(mean.shape).astype(np.float32)
+            mean = mean + std * ms.Tensor(noise)
+        return mean * self.vae.config.scaling_factor
+
+    def encode_posterior(self, pixels):
+        """The VAE posterior (mean, std) of each frame, unscaled, each [b, 4, f, h, w]."""
+        pixels = _tensor(pixels)
+        if pixels.ndim != 5 or pixels.shape[1] != 3:
+            raise ValueError(f"pixels must be [batch, 3, frames, height, width], got {tuple(pixels.shape)}")
+        b, _, f, h, w = pixels.shape
+        self._check_size(h, w)
+        frames = pixels.transpose(0, 2, 1, 3, 4).reshape(b * f, 3, h, w)
+        mean, std = self._frames_in_chunks(self.vae.encode, frames)
+        c, lh, lw = mean.shape[1:]
+        return tuple(t.reshape(b, f, c, lh, lw).transpose(0, 2, 1, 3, 4) for t in (mean, std))
+
+    def decode_latents(self, latents):
+        """Scaled latents [b, 4, f, h, w] -> numpy float32 video [b, 3, f, H, W] in [0, 1]."""
+        latents = _tensor(latents) / self.vae.config.scaling_factor
+        b, c, f, h, w = latents.shape
+        frames = latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        video = self._frames_in_chunks(self.vae.decode, frames)
+        _, c, hh, ww = video.shape
+        video = video.reshape(b, f, c, hh, ww).transpose(0, 2, 1, 3, 4)
+        return np.clip(video.asnumpy().astype(np.float32) / 2 + 0.5, 0, 1)
+
+    def _check_size(self, height, width):
+        if height % 8 or width % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {height}x{width}")
+
+    # ------------------------------------------------------------------------- denoising
+
+    def denoise(self, latents, timestep, context, guidance_scale=1.0):
+        """The model output at `timestep`; with guidance_scale > 1, `context` is
+        [unconditional; conditional] and the two run in one batched UNet call."""
+        guided = guidance_scale > 1.0
+        latents = _tensor(latents)
+        self.unet._check_inputs(latents, context, None)
+        if guided not in self._denoisers:
+            self._denoisers[guided] = GuidedDenoiser(self.unet, guided)
+        t = ms.Tensor(np.array([timestep], np.float32))
+        return self._denoisers[guided](latents, t, context, ms.Tensor(np.float32(guidance_scale)))
+
+    def __call__(self, prompt, video_length=8, height=None, width=None, num_inference_steps=50, guidance_scale=7.5,
+                 negative_prompt=None, num_videos_per_prompt=1, eta=0.0, latents=None, seed=None):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        else:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        self._check_size(height, width)
+        batch = len(prompts) * num_videos_per_prompt
+        shape = (batch, self.unet.config.in_channels, video_length, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        rng = np.random.default_rng(seed)
+        latents = self._initial_latents(latents, shape, rng)
+
+        context = ops.repeat_interleave(self.encode_prompt(prompts), num_videos_per_prompt, 0)
+        if guidance_scale > 1.0:
+            uncond = ops.repeat_interleave(self.encode_prompt(negatives), num_videos_per_prompt, 0)
+            context = ops.concat((uncond, context), 0)
+        self.scheduler.set_timesteps(num_inference_steps)
+        for t in tqdm(self.scheduler.timesteps, desc="DDIM sampling"):
+            noise_pred = self.denoise(latents, int(t), context, guidance_scale)
+            noise = ms.Tensor(rng.standard_normal(shape).astype(np.float32)) if eta > 0 else None
+            latents = self.scheduler.step(noise_pred, int(t), latents, eta=eta, variance_noise=noise).prev_sample
+        return TuneAVideoPipelineOutput(videos=self.decode_latents(latents))
+
+    @staticmethod
+    def _initial_latents(latents, shape, rng):
+        if latents is None:
+            return ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+        latents = _tensor(latents)
+        if tuple(latents.shape) == shape:
+            return latents
+        if latents.shape[0] == 1 and tuple(latents.shape[1:]) == shape[1:]:
+            # one inverted clip edited with several prompts
+            return ops.broadcast_to(latents, shape)
+        raise ValueError(f"latents have shape {tuple(latents.shape)}; video_length, height and width ask for {shape}")
