@@ -8,11 +8,13 @@ import tempfile
 
 @contextlib.contextmanager
 def atomic_file(path):
-    """Yields a temporary path beside `path`; renamed to `path` on success."""
+    """Yields a temporary path beside `path`; renamed to `path` on success.
+    The temporary name keeps the extension, which some writers go by."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp" + os.path.splitext(path)[1],
+                               dir=folder)
     os.close(fd)
     try:
         yield tmp

@@ -129,9 +129,11 @@ class TuneAVideoPipeline:
         video = video.reshape(b, f, c, hh, ww).transpose(0, 2, 1, 3, 4)
         return np.clip(video.asnumpy().astype(np.float32) / 2 + 0.5, 0, 1)
 
-    def _check_size(self, height, width):
-        if height % 8 or width % 8:
-            raise ValueError(f"height and width must be multiples of 8, got {height}x{width}")
+    def _check_size(self, height, width, through_unet=False):
+        factor = self.vae_scale_factor * (2 ** self.unet.num_upsamplers if through_unet else 1)
+        if height % factor or width % factor:
+            raise ValueError(f"height and width must be multiples of {factor}"
+                             f"{' (VAE and UNet downsampling)' if through_unet else ''}, got {height}x{width}")
 
     # ------------------------------------------------------------------------- denoising
 
@@ -157,7 +159,7 @@ class TuneAVideoPipeline:
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
-        self._check_size(height, width)
+        self._check_size(height, width, through_unet=True)
         batch = len(prompts) * num_videos_per_prompt
         shape = (batch, self.unet.config.in_channels, video_length, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)

@@ -1,0 +1,46 @@
+"""Editing a clip: invert it once, then sample any number of prompts from the
+inverted noise and write each as GIF and MP4, plus a grid of all of them."""
+import logging
+import os
+
+import numpy as np
+
+from .atomic import atomic_file
+from .inversion import ddim_inversion
+from .schedulers import DDIMScheduler
+from .video_io import save_video, save_videos_grid
+
+logger = logging.getLogger(__name__)
+
+
+def invert_clip(pipe, pixels, num_inv_steps, prompt="", save_path=None):
+    """Pixels [f, 3, H, W] in [-1, 1] -> the inverted noise [1, 4, f, H/8, W/8]
+    (a numpy array, also written to `save_path` when given)."""
+    latents = pipe.encode_video(pixels.transpose(1, 0, 2, 3)[None], deterministic=True)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    noise = ddim_inversion(pipe, scheduler, latents, num_inv_steps, prompt=prompt)[-1].asnumpy()
+    if save_path:
+        with atomic_file(save_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, noise)
+        logger.info("inverted latents written to %s", save_path)
+    return noise
+
+
+def prompt_filename(prompt):
+    return prompt.replace(os.sep, "_").strip() or "empty-prompt"
+
+
+def sample_edits(pipe, prompts, output_dir, latents=None, formats=("gif", "mp4"), fps=8, **sampling):
+    """Samples each prompt (from `latents`, the inverted noise, when given) and
+    writes output_dir/<prompt>.<format> and output_dir/grid.gif. Returns the paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    videos, paths = [], []
+    for prompt in prompts:
+        video = pipe(prompt, latents=latents, **sampling).videos
+        videos.append(video[0])
+        for fmt in formats:
+            paths.append(save_video(video[0], os.path.join(output_dir, f"{prompt_filename(prompt)}.{fmt}"), fps))
+    paths.append(save_videos_grid(np.stack(videos), os.path.join(output_dir, "grid.gif"), n_rows=1, fps=fps))
+    for path in paths:
+        logger.info("wrote %s", path)
+    return paths
