@@ -22,6 +22,15 @@ def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, p
     portable = backend.conv2d_portable(x, w, b, stride, padding).asnumpy()
     assert fast.shape == portable.shape
     assert rel_err(fast, portable) < 1e-6
+    # training differentiates through it: the input and weight gradients must agree too
+    upstream = ms.Tensor(rng.standard_normal(fast.shape, dtype=np.float32))
+
+    def grads(kernel):
+        def loss(x, w):
+            return (kernel(x, w, b, stride, padding) * upstream).sum()
+        return [g.asnumpy() for g in ms.grad(loss, (0, 1))(x, w)]
+    for g_fast, g_portable in zip(grads(backend.conv2d_matmul), grads(backend.conv2d_portable)):
+        assert rel_err(g_fast, g_portable) < 1e-5
 
 
 def test_kernel_switch(monkeypatch):

@@ -13,15 +13,15 @@ from mindspore import ops
 logger = logging.getLogger(__name__)
 
 DEVICES = ("Ascend", "GPU", "CPU")
-_state = {"device": None, "mode": None, "kernels": "auto"}
+_state = {"device": None, "mode": None, "kernels": "auto", "training": False}
 
 
-def setup(device=None, mode="graph", kernels=None):
+def setup(device=None, mode="graph", kernels=None, training=False):
     """Pick the device (Ascend, then GPU, then CPU unless `device` or
     TUNEAVIDEO_DEVICE says otherwise), the execution mode ("graph" or
     "pynative") and the kernel set ("auto" or "portable", also from
-    TUNEAVIDEO_KERNELS). Call before building models: cells take their kernels
-    when constructed."""
+    TUNEAVIDEO_KERNELS). `training` says the models will be differentiated.
+    Call before building models: cells take their kernels when constructed."""
     requested = device or os.environ.get("TUNEAVIDEO_DEVICE") or _detect_device()
     device = {d.lower(): d for d in DEVICES}.get(requested.lower())
     if device is None:
@@ -33,7 +33,7 @@ def setup(device=None, mode="graph", kernels=None):
         raise ValueError(f"kernels must be 'auto' or 'portable', not {kernels!r}")
     ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    _state.update(device=device, mode=mode, kernels=kernels)
+    _state.update(device=device, mode=mode, kernels=kernels, training=training)
     logger.info("backend: device=%s mode=%s kernels=%s", device, mode, kernels)
     return device
 
@@ -82,7 +82,7 @@ def conv2d_matmul(x, weight, bias, stride, padding):
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     if kh == 1 and kw == 1 and padding == 0:
-        x = x[:, :, ::stride, ::stride] if stride > 1 else x
+        x = _subsample(x, stride)
         _, _, h, w = x.shape
         y = ops.matmul(weight.reshape(o, c), x.reshape(n, c, h * w)).reshape(n, o, h, w)
         return y + bias.reshape(1, o, 1, 1)
@@ -98,13 +98,30 @@ def conv2d_matmul(x, weight, bias, stride, padding):
     cols = ops.concat(taps, 1)
     w_mat = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
     y = ops.matmul(w_mat, cols).reshape(n, o, out_h, row)[:, :, :, :row - kw + 1]
-    if stride > 1:
-        y = y[:, :, ::stride, ::stride]
-    return y + bias.reshape(1, o, 1, 1)
+    return _subsample(y, stride) + bias.reshape(1, o, 1, 1)
+
+
+def _subsample(x, stride):
+    """x[:, :, ::stride, ::stride], written as a reshape: the backward of a
+    stepped slice is broken on CPU in MindSpore 2.10 (StridedSliceGrad reads
+    out of bounds)."""
+    if stride == 1:
+        return x
+    n, c, h, w = x.shape
+    ph, pw = -h % stride, -w % stride
+    if ph or pw:
+        x = ops.pad(x, (0, pw, 0, ph))
+    h, w = (h + ph) // stride, (w + pw) // stride
+    return x.reshape(n, c, h, stride, w, stride)[:, :, :, :1, :, :1].reshape(n, c, h, w)
 
 
 def conv2d_kernel():
-    if _state["kernels"] == "auto" and device() == "CPU":
+    # In MindSpore 2.10 the graph-mode backward of the whole UNet built on the
+    # MatMul convolution stalls on CPU (each block alone differentiates fine,
+    # and PyNative gradients equal the portable ones), so graphs that train
+    # keep MindSpore's convolution.
+    training_graph = _state["training"] and _state["mode"] == "graph"
+    if _state["kernels"] == "auto" and device() == "CPU" and not training_graph:
         return conv2d_matmul
     return conv2d_portable
 

@@ -30,9 +30,11 @@ def prompt_filename(prompt):
     return prompt.replace(os.sep, "_").strip() or "empty-prompt"
 
 
-def sample_edits(pipe, prompts, output_dir, latents=None, formats=("gif", "mp4"), fps=8, **sampling):
+def sample_edits(pipe, prompts, output_dir, latents=None, formats=("gif", "mp4"), fps=8, grid_path=None,
+                 **sampling):
     """Samples each prompt (from `latents`, the inverted noise, when given) and
-    writes output_dir/<prompt>.<format> and output_dir/grid.gif. Returns the paths."""
+    writes output_dir/<prompt>.<format> and a grid of all prompts (by default
+    output_dir/grid.gif). Returns the paths."""
     os.makedirs(output_dir, exist_ok=True)
     videos, paths = [], []
     for prompt in prompts:
@@ -40,7 +42,8 @@ def sample_edits(pipe, prompts, output_dir, latents=None, formats=("gif", "mp4")
         videos.append(video[0])
         for fmt in formats:
             paths.append(save_video(video[0], os.path.join(output_dir, f"{prompt_filename(prompt)}.{fmt}"), fps))
-    paths.append(save_videos_grid(np.stack(videos), os.path.join(output_dir, "grid.gif"), n_rows=1, fps=fps))
+    grid_path = grid_path or os.path.join(output_dir, "grid.gif")
+    paths.append(save_videos_grid(np.stack(videos), grid_path, n_rows=1, fps=fps))
     for path in paths:
         logger.info("wrote %s", path)
     return paths

@@ -35,9 +35,11 @@ class GuidedDenoiser(nn.Cell):
 
     def construct(self, latents, timestep, context, guidance_scale):
         if self.guided:
-            uncond, cond = ops.chunk(self.unet(ops.concat((latents, latents)), timestep, context), 2)
+            noise = self.unet(ops.concat((latents, latents)), timestep, context).astype(ms.float32)
+            uncond, cond = ops.chunk(noise, 2)
             return uncond + guidance_scale * (cond - uncond)
-        return self.unet(latents, timestep, context)
+        # a mixed-precision UNet answers in fp16; the scheduler's arithmetic stays fp32
+        return self.unet(latents, timestep, context).astype(ms.float32)
 
 
 def _tensor(x):

@@ -28,7 +28,7 @@ def save_video(video, path, fps=8):
             imageio.mimsave(tmp, list(frames), format="GIF", duration=1000 / fps, loop=0)
         else:
             with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1,
-                                    output_params=["-pix_fmt", "yuv420p"]) as writer:
+                                    pixelformat="yuv420p") as writer:
                 for frame in frames:
                     writer.append_data(frame)
     return path

@@ -1,0 +1,69 @@
+"""AdamW as torch.optim.AdamW computes it (decoupled weight decay, bias
+correction), over a subset of parameters, and the original's lr schedules.
+
+MindSpore's nn.AdamWeightDecay has no bias correction, so its steps differ
+from the PyTorch original's; this one matches them."""
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+
+class AdamW(nn.Cell):
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__()
+        self.parameters = ParameterTuple(params)
+        self.exp_avg = self.parameters.clone(prefix="exp_avg", init="zeros")
+        self.exp_avg_sq = self.parameters.clone(prefix="exp_avg_sq", init="zeros")
+        self.step = Parameter(Tensor(0, ms.int32), name="adamw_step")
+        self.beta1, self.beta2, self.eps, self.weight_decay = betas[0], betas[1], eps, weight_decay
+
+    def construct(self, grads, lr):
+        step = self.step + 1
+        ops.assign(self.step, step)
+        t = step.astype(ms.float32)
+        bias_correction1 = 1 - ops.pow(self.beta1, t)
+        bias_correction2_sqrt = ops.sqrt(1 - ops.pow(self.beta2, t))
+        for p, m, v, g in zip(self.parameters, self.exp_avg, self.exp_avg_sq, grads):
+            g = g.astype(ms.float32)
+            m_new = self.beta1 * m + (1 - self.beta1) * g
+            v_new = self.beta2 * v + (1 - self.beta2) * g * g
+            denom = ops.sqrt(v_new) / bias_correction2_sqrt + self.eps
+            p_new = p * (1 - lr * self.weight_decay) - (lr / bias_correction1) * m_new / denom
+            ops.assign(m, m_new)
+            ops.assign(v, v_new)
+            ops.assign(p, p_new)
+        return step
+
+    def state(self):
+        """{name: array} of the moments and the step, for checkpoints."""
+        state = {p.name: p.asnumpy() for p in list(self.exp_avg) + list(self.exp_avg_sq)}
+        state["step"] = np.array(self.step.asnumpy())
+        return state
+
+    def load_state(self, state):
+        for p in list(self.exp_avg) + list(self.exp_avg_sq):
+            if p.name not in state:
+                raise ValueError(f"optimizer state has no {p.name}")
+            p.set_data(Tensor(state[p.name]))
+        self.step.set_data(Tensor(int(state["step"]), ms.int32))
+
+
+def lr_lambda(name, warmup_steps, total_steps):
+    """The factor on the base learning rate after `step` optimizer steps (diffusers' get_scheduler)."""
+    def warmup(step):
+        return step / max(1, warmup_steps)
+
+    def progress(step):
+        return (step - warmup_steps) / max(1, total_steps - warmup_steps)
+
+    schedules = {
+        "constant": lambda s: 1.0,
+        "constant_with_warmup": lambda s: warmup(s) if s < warmup_steps else 1.0,
+        "linear": lambda s: warmup(s) if s < warmup_steps else max(0.0, 1 - progress(s)),
+        "cosine": lambda s: warmup(s) if s < warmup_steps else max(0.0, 0.5 * (1 + math.cos(math.pi * progress(s)))),
+    }
+    if name not in schedules:
+        raise ValueError(f"unknown lr_scheduler {name!r}; choose one of {', '.join(schedules)}")
+    return schedules[name]

@@ -1,0 +1,328 @@
+"""One-shot tuning of a video UNet on one clip (the original's train_tuneavideo.py).
+
+The clip is encoded once; each step draws a latent from its cached posterior,
+noise and a timestep per sample, and trains the parameters named by
+`trainable_modules` to predict the noise (or v). Every random draw is keyed by
+(seed, step, global sample index): a resumed run repeats an uninterrupted one
+bit for bit, and N data-parallel workers draw what one process with N times
+the batch draws.
+"""
+import json
+import logging
+import os
+import re
+import time
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from . import backend
+from .atomic import atomic_dir, atomic_file
+from .data import read_video
+from .editing import invert_clip, sample_edits
+from .models import UNet3DConditionModel
+from .models.attention import Transformer3DModel
+from .models.resnet import ResnetBlock3D
+from .optim import AdamW, lr_lambda
+from .pipelines import TuneAVideoPipeline
+from .schedulers import DDIMScheduler
+from .weights import read_state_dict, save_safetensors
+
+logger = logging.getLogger(__name__)
+INITIAL_LOSS_SCALE = 2.0 ** 16  # torch.cuda.amp.GradScaler's defaults
+LOSS_SCALE_GROWTH_INTERVAL = 2000
+
+
+# ----------------------------------------------------------------------------- model set-up
+
+def trainable_parameters(unet, trainable_modules):
+    """Marks the parameters whose names contain one of `trainable_modules` as
+    trainable and freezes the rest (no gradient, no optimizer state)."""
+    params = []
+    for name, param in unet.parameters_and_names():
+        param.requires_grad = any(module in name for module in trainable_modules)
+        if param.requires_grad:
+            params.append(param)
+    if not params:
+        raise ValueError(f"no UNet parameter name contains any of trainable_modules {list(trainable_modules)}")
+    return params
+
+
+def enable_gradient_checkpointing(unet):
+    """Recomputes every transformer and resnet block in the backward pass.
+    Unlike torch's reentrant checkpoint (which the original uses, and which
+    drops the gradients of parameters inside blocks whose inputs need no
+    gradient), recompute gives every trainable parameter its gradient."""
+    for _, cell in unet.cells_and_names():
+        if isinstance(cell, (Transformer3DModel, ResnetBlock3D)):
+            cell.recompute()
+
+
+def draw_batch(seed, step, sample_indices, latent_shape, num_train_timesteps):
+    """The posterior noise, diffusion noise and timestep of each sample, from
+    a generator keyed by (seed, step, global sample index)."""
+    vae_noise, noise, timesteps = [], [], []
+    for index in sample_indices:
+        rng = np.random.default_rng([seed, step, index])
+        vae_noise.append(rng.standard_normal(latent_shape, dtype=np.float32))
+        noise.append(rng.standard_normal(latent_shape, dtype=np.float32))
+        timesteps.append(rng.integers(0, num_train_timesteps))
+    return np.stack(vae_noise), np.stack(noise), np.array(timesteps)
+
+
+class TrainStep:
+    """The numerics of one optimizer step: `gradients` (loss and gradients of
+    all micro-batches, and whether they are finite) and `apply` (clipping and
+    AdamW), each one compiled graph in graph mode. Between them the host
+    decides whether an fp16 step overflowed and must be skipped."""
+
+    def __init__(self, unet, params, optimizer, prediction_type, scaling_factor, max_grad_norm, compile,
+                 grad_reducer=None):
+        self.unet, self.optimizer = unet, optimizer
+        self.v_prediction = prediction_type == "v_prediction"
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"cannot train a {prediction_type!r} model (epsilon or v_prediction)")
+        self.scaling_factor, self.max_grad_norm = scaling_factor, max_grad_norm
+        self.grad_reducer = grad_reducer
+        self.grad_fn = ms.value_and_grad(self.loss, None, params, has_aux=True)
+        self.gradients = ms.jit(self._gradients) if compile else self._gradients
+        self.apply = ms.jit(self._apply) if compile else self._apply
+
+    def loss(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale):
+        latents = (mean + std * vae_noise) * self.scaling_factor
+        noisy = sqrt_alpha * latents + sqrt_one_minus_alpha * noise
+        target = sqrt_alpha * noise - sqrt_one_minus_alpha * latents if self.v_prediction else noise
+        b = noisy.shape[0]
+        context = ops.broadcast_to(context, (b, context.shape[1], context.shape[2]))
+        pred = self.unet(noisy, timesteps, context).astype(ms.float32)
+        loss = ((pred - target) ** 2).mean()
+        return loss * loss_scale, loss
+
+    def _gradients(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context,
+                   loss_scale):
+        """Inputs other than mean, std, context and loss_scale carry a leading
+        micro-batch axis; gradients are averaged over micro-batches."""
+        micro_batches = vae_noise.shape[0]
+        total, grads = 0.0, None
+        for k in range(micro_batches):
+            (_, loss), g = self.grad_fn(mean, std, vae_noise[k], noise[k], sqrt_alpha[k], sqrt_one_minus_alpha[k],
+                                        timesteps[k], context, loss_scale)
+            total = total + loss
+            grads = g if grads is None else tuple([a + b for a, b in zip(grads, g)])
+        inv = 1.0 / (loss_scale * micro_batches)
+        grads = tuple([g * inv for g in grads])
+        if self.grad_reducer is not None:
+            grads = self.grad_reducer(grads)
+        finite = ops.isfinite(ops.addn([g.sum() for g in grads]))
+        return total / micro_batches, grads, finite
+
+    def _apply(self, grads, lr):
+        grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
+        return self.optimizer(grads, lr)
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 (torch's GradScaler rules); a fixed 1 otherwise."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.scale = INITIAL_LOSS_SCALE if enabled else 1.0
+        self.good_steps = 0
+
+    def update(self, finite):
+        if not self.enabled:
+            return
+        if finite:
+            self.good_steps += 1
+            if self.good_steps % LOSS_SCALE_GROWTH_INTERVAL == 0:
+                self.scale *= 2.0
+        else:
+            self.scale /= 2.0
+            self.good_steps = 0
+
+    def state(self):
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state(self, state):
+        self.scale, self.good_steps = state["scale"], state["good_steps"]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(output_dir):
+    """The newest complete checkpoint folder, or None. Folders still being
+    written have temporary names, and a complete one holds state.json."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT.match(name))
+             and os.path.isfile(os.path.join(output_dir, name, "state.json"))]
+    return os.path.join(output_dir, max(found)[1]) if found else None
+
+
+def save_checkpoint(output_dir, step, params, optimizer, scaler, seed):
+    path = os.path.join(output_dir, f"checkpoint-{step}")
+    with atomic_dir(path) as tmp:
+        save_safetensors(os.path.join(tmp, "trainable.safetensors"), {p.name: p.asnumpy() for p in params})
+        save_safetensors(os.path.join(tmp, "optimizer.safetensors"), optimizer.state())
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"step": step, "seed": seed, "loss_scale": scaler.state()}, f, indent=2)
+    logger.info("saved %s", path)
+    return path
+
+
+def load_checkpoint(path, params, optimizer, scaler):
+    """Restores the trainable weights, optimizer and loss scale; returns (step, seed)."""
+    state_path = os.path.join(path, "state.json")
+    if not os.path.isfile(state_path):
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.json)")
+    with open(state_path) as f:
+        state = json.load(f)
+    weights = read_state_dict(os.path.join(path, "trainable.safetensors"))
+    names = {p.name for p in params}
+    if set(weights) != names:
+        raise ValueError(f"{path} trains other parameters than this config: "
+                         f"{sorted(set(weights) ^ names)[:5]} differ")
+    for p in params:
+        p.set_data(ms.Tensor(weights[p.name]))
+    optimizer.load_state(read_state_dict(os.path.join(path, "optimizer.safetensors")))
+    scaler.load_state(state["loss_scale"])
+    logger.info("resumed from %s (step %d)", path, state["step"])
+    return state["step"], state["seed"]
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate(pipe, pixels, validation_data, output_dir, step, seed):
+    v = validation_data
+    latents = None
+    if v.use_inv_latent:
+        latents = invert_clip(pipe, pixels, v.num_inv_steps,
+                              save_path=os.path.join(output_dir, "inv_latents", f"ddim_latent-{step}.npy"))
+    return sample_edits(pipe, list(v.prompts), os.path.join(output_dir, "samples", f"sample-{step}"),
+                        latents=latents, grid_path=os.path.join(output_dir, "samples", f"sample-{step}.gif"),
+                        video_length=v.video_length, height=v.height, width=v.width,
+                        num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
+                        negative_prompt=v.negative_prompt, seed=seed)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _log_to_file(path):
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("tuneavideo_ms").addHandler(handler)
+    logging.getLogger("tuneavideo_ms").setLevel(logging.INFO)
+    return handler
+
+
+def main(config, rank=0, world_size=1, grad_reducer=None):
+    """Tunes a video UNet as `config` (see config.py) says; returns the output folder."""
+    c = config
+    backend.setup(c.device, c.mode, training=True)
+    os.makedirs(c.output_dir, exist_ok=True)
+    handler = _log_to_file(os.path.join(c.output_dir, "train.log")) if rank == 0 else None
+    try:
+        return _train(c, rank, world_size, grad_reducer)
+    finally:
+        if handler is not None:
+            logging.getLogger("tuneavideo_ms").removeHandler(handler)
+            handler.close()
+
+
+def _train(c, rank, world_size, grad_reducer):
+    seed = c.seed if c.seed is not None else int(np.random.SeedSequence().entropy % 2 ** 32)
+    pixels = read_video(c.train_data.video_path, c.train_data.n_sample_frames, c.train_data.width,
+                        c.train_data.height, c.train_data.sample_start_idx, c.train_data.sample_frame_rate,
+                        c.train_data.crop)
+    unet = UNet3DConditionModel.from_pretrained_2d(c.pretrained_model_path, subfolder="unet")
+    pipe = TuneAVideoPipeline.from_pretrained(c.pretrained_model_path, unet=unet)
+    noise_scheduler = DDIMScheduler.from_pretrained(c.pretrained_model_path, subfolder="scheduler")
+
+    # the frozen parts run once: the clip's posterior and the prompt's embedding
+    mean, std = pipe.encode_posterior(pixels.transpose(1, 0, 2, 3)[None])
+    context = pipe.encode_prompt(c.train_data.prompt)
+    latent_shape = tuple(mean.shape[1:])
+
+    params = trainable_parameters(unet, c.trainable_modules)
+    if c.gradient_checkpointing:
+        enable_gradient_checkpointing(unet)
+    if c.mixed_precision != "no":
+        dtype = ms.float16 if c.mixed_precision == "fp16" else ms.bfloat16
+        backend.check_dtype(dtype)
+        unet.to_float(dtype)
+    learning_rate = c.learning_rate
+    if c.scale_lr:
+        learning_rate *= c.gradient_accumulation_steps * c.train_batch_size * world_size
+    optimizer = AdamW(params, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_epsilon,
+                      weight_decay=c.adam_weight_decay)
+    schedule = lr_lambda(c.lr_scheduler, c.lr_warmup_steps, c.max_train_steps)
+    scaler = LossScaler(c.mixed_precision == "fp16")
+    step_fn = TrainStep(unet, params, optimizer, noise_scheduler.config["prediction_type"],
+                        pipe.vae.config.scaling_factor, c.max_grad_norm, compile=c.mode == "graph",
+                        grad_reducer=grad_reducer)
+
+    step = 0
+    if c.resume_from_checkpoint:
+        path = latest_checkpoint(c.output_dir) if c.resume_from_checkpoint == "latest" else c.resume_from_checkpoint
+        if path is None:
+            logger.info("no checkpoint in %s; starting a new run", c.output_dir)
+        else:
+            step, seed = load_checkpoint(path, params, optimizer, scaler)
+
+    logger.info("tuning %d tensors (%d values) of the UNet on %s: %d steps, batch %d x %d micro-batches x %d "
+                "workers, seed %d", len(params), sum(p.size for p in params), c.train_data.video_path,
+                c.max_train_steps, c.train_batch_size, c.gradient_accumulation_steps, world_size, seed)
+    per_step = c.train_batch_size * c.gradient_accumulation_steps
+    bar = tqdm(total=c.max_train_steps, initial=step, desc="steps", disable=rank != 0)
+    while step < c.max_train_steps:
+        step += 1
+        vae_noise, noise, timesteps = [], [], []
+        for k in range(c.gradient_accumulation_steps):
+            first = (k * world_size + rank) * c.train_batch_size
+            drawn = draw_batch(seed, step, range(first, first + c.train_batch_size), latent_shape,
+                               noise_scheduler.config["num_train_timesteps"])
+            vae_noise.append(drawn[0])
+            noise.append(drawn[1])
+            timesteps.append(drawn[2])
+        timesteps = np.stack(timesteps)
+        alpha = noise_scheduler.alphas_cumprod[timesteps].reshape(timesteps.shape + (1, 1, 1, 1))
+        loss, grads, finite = step_fn.gradients(
+            mean, std, ms.Tensor(np.stack(vae_noise)), ms.Tensor(np.stack(noise)), ms.Tensor(alpha ** 0.5),
+            ms.Tensor((1 - alpha) ** 0.5), ms.Tensor(timesteps.astype(np.float32)), context,
+            ms.Tensor(scaler.scale, ms.float32))
+        loss, finite = float(loss.asnumpy()), bool(finite.asnumpy())
+        lr = learning_rate * schedule(step - 1)
+        if finite:
+            step_fn.apply(grads, ms.Tensor(lr, ms.float32))
+        elif scaler.enabled:
+            logger.warning("step %d: gradients overflowed in fp16; step skipped, loss scale %g -> %g",
+                           step, scaler.scale, scaler.scale / 2)
+        else:
+            last = latest_checkpoint(c.output_dir)
+            raise FloatingPointError(f"loss is {loss} at step {step} (non-finite gradients); stopping. "
+                                     f"Last checkpoint: {last or 'none'}")
+        scaler.update(finite)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        logger.info("step %d loss %.6f lr %.3e", step, loss, lr)
+        if rank != 0:
+            continue
+        if step % c.checkpointing_steps == 0:
+            save_checkpoint(c.output_dir, step, params, optimizer, scaler, seed)
+        if step % c.validation_steps == 0 or step == c.max_train_steps:
+            start = time.time()
+            validate(pipe, pixels, c.validation_data, c.output_dir, step, seed)
+            logger.info("validation at step %d took %.1f s", step, time.time() - start)
+    bar.close()
+    if rank == 0:
+        unet.save_pretrained(os.path.join(c.output_dir, "unet"))
+        with atomic_file(os.path.join(c.output_dir, "config.yaml")) as tmp:
+            OmegaConf.save(OmegaConf.merge(c, {"seed": seed}), tmp)
+        logger.info("tuned UNet written to %s", os.path.join(c.output_dir, "unet"))
+    return c.output_dir
