@@ -1,32 +1,39 @@
-"""`python -m tuneavideo_ms`: builds the tiny video UNet and runs it once."""
+"""`python -m tuneavideo_ms`: the demo. Builds the tiny Stable Diffusion
+(random weights), tunes it on the bundled clip with configs/demo.yaml,
+inverts the clip and samples two edited prompts. The videos are noise (the
+weights are random); every step of the real job runs."""
 import argparse
 import logging
-import time
+import os
 
-import numpy as np
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEMO_CONFIG = os.path.join(os.path.dirname(HERE), "configs", "demo.yaml")
+DEMO_CLIP = os.path.join(HERE, "assets", "man-skiing.mp4")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default=None, help="Ascend, GPU or CPU (default: the first available)")
-    parser.add_argument("--mode", default="graph", choices=["graph", "pynative"])
-    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--output_dir", default="outputs/demo")
+    parser.add_argument("--model_dir", default="outputs/tiny-sd", help="where the tiny model is written")
+    parser.add_argument("overrides", nargs="*", help="key=value settings over configs/demo.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    import mindspore as ms
-    from . import backend, tiny
-    from .models import UNet3DConditionModel
+    from . import tiny, training
+    from .config import load_config
 
-    backend.setup(args.device, args.mode)
-    unet = UNet3DConditionModel(**tiny.UNET_CONFIG)
-    rng = np.random.default_rng(0)
-    sample = ms.Tensor(rng.standard_normal((1, 4, args.frames, 8, 8), dtype=np.float32))
-    context = ms.Tensor(rng.standard_normal((1, 77, tiny.UNET_CONFIG["cross_attention_dim"]), dtype=np.float32))
-    start = time.time()
-    out = unet(sample, 10, context)
-    print(f"tiny video UNet: input {tuple(sample.shape)} -> output {tuple(out.shape)} "
-          f"({args.mode} mode, {time.time() - start:.1f} s including compilation)")
+    if not os.path.isdir(args.model_dir):
+        tiny.build_tiny_sd(args.model_dir)
+        logging.getLogger(__name__).info("tiny Stable Diffusion written to %s", args.model_dir)
+    config = load_config(DEMO_CONFIG, [f"pretrained_model_path={os.path.abspath(args.model_dir)}",
+                                       f"train_data.video_path={DEMO_CLIP}",
+                                       f"output_dir={os.path.abspath(args.output_dir)}", *args.overrides])
+    output_dir = training.main(config)
+    samples = os.path.join(output_dir, "samples")
+    print(f"\ndemo done: tuned UNet in {os.path.join(output_dir, 'unet')}; edited videos (GIF/MP4) in {samples}:")
+    for root, _, files in sorted(os.walk(samples)):
+        for name in sorted(files):
+            print("  " + os.path.join(root, name))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ class AdamW(nn.Cell):
         self.step = Parameter(Tensor(0, ms.int32), name="adamw_step")
         self.beta1, self.beta2, self.eps, self.weight_decay = betas[0], betas[1], eps, weight_decay
 
-    def construct(self, grads, lr):
-        step = self.step + 1
+    def construct(self, grads, lr, update):
+        """One AdamW step; with `update` False (a skipped fp16 step) nothing changes."""
+        step = ops.select(update, self.step + 1, self.step)
         ops.assign(self.step, step)
-        t = step.astype(ms.float32)
+        t = ops.maximum(step.astype(ms.float32), 1.0)
         bias_correction1 = 1 - ops.pow(self.beta1, t)
         bias_correction2_sqrt = ops.sqrt(1 - ops.pow(self.beta2, t))
         for p, m, v, g in zip(self.parameters, self.exp_avg, self.exp_avg_sq, grads):
@@ -31,9 +32,9 @@ class AdamW(nn.Cell):
             v_new = self.beta2 * v + (1 - self.beta2) * g * g
             denom = ops.sqrt(v_new) / bias_correction2_sqrt + self.eps
             p_new = p * (1 - lr * self.weight_decay) - (lr / bias_correction1) * m_new / denom
-            ops.assign(m, m_new)
-            ops.assign(v, v_new)
-            ops.assign(p, p_new)
+            ops.assign(m, ops.select(update, m_new, m))
+            ops.assign(v, ops.select(update, v_new, v))
+            ops.assign(p, ops.select(update, p_new.astype(p.dtype), p))
         return step
 
     def state(self):

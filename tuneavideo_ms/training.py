@@ -74,22 +74,24 @@ def draw_batch(seed, step, sample_indices, latent_shape, num_train_timesteps):
 
 
 class TrainStep:
-    """The numerics of one optimizer step: `gradients` (loss and gradients of
-    all micro-batches, and whether they are finite) and `apply` (clipping and
-    AdamW), each one compiled graph in graph mode. Between them the host
-    decides whether an fp16 step overflowed and must be skipped."""
+    """The numerics of one optimizer step as one compiled graph (in graph
+    mode): loss and gradients over the micro-batches, the gradient check,
+    clipping and AdamW. When the gradients are not finite (an fp16 overflow)
+    the update is masked out and the step reports it, so the host can skip it.
+
+    Gradients never leave the graph: MindSpore 2.10 re-traces a jitted
+    function on every call that takes a tuple of a hundred tensors."""
 
     def __init__(self, unet, params, optimizer, prediction_type, scaling_factor, max_grad_norm, compile,
                  grad_reducer=None):
-        self.unet, self.optimizer = unet, optimizer
-        self.v_prediction = prediction_type == "v_prediction"
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"cannot train a {prediction_type!r} model (epsilon or v_prediction)")
+        self.unet, self.optimizer = unet, optimizer
+        self.v_prediction = prediction_type == "v_prediction"
         self.scaling_factor, self.max_grad_norm = scaling_factor, max_grad_norm
         self.grad_reducer = grad_reducer
         self.grad_fn = ms.value_and_grad(self.loss, None, params, has_aux=True)
-        self.gradients = ms.jit(self._gradients) if compile else self._gradients
-        self.apply = ms.jit(self._apply) if compile else self._apply
+        self.step = ms.jit(self._step) if compile else self._step
 
     def loss(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale):
         latents = (mean + std * vae_noise) * self.scaling_factor
@@ -101,10 +103,10 @@ class TrainStep:
         loss = ((pred - target) ** 2).mean()
         return loss * loss_scale, loss
 
-    def _gradients(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context,
-                   loss_scale):
-        """Inputs other than mean, std, context and loss_scale carry a leading
-        micro-batch axis; gradients are averaged over micro-batches."""
+    def _step(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale,
+              lr):
+        """Inputs other than mean, std, context, loss_scale and lr carry a
+        leading micro-batch axis; gradients are averaged over micro-batches."""
         micro_batches = vae_noise.shape[0]
         total, grads = 0.0, None
         for k in range(micro_batches):
@@ -117,11 +119,8 @@ class TrainStep:
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
         finite = ops.isfinite(ops.addn([g.sum() for g in grads]))
-        return total / micro_batches, grads, finite
-
-    def _apply(self, grads, lr):
-        grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
-        return self.optimizer(grads, lr)
+        self.optimizer(ops.clip_by_global_norm(grads, self.max_grad_norm), lr, finite)
+        return total / micro_batches, finite
 
 
 class LossScaler:
@@ -292,18 +291,16 @@ def _train(c, rank, world_size, grad_reducer):
             timesteps.append(drawn[2])
         timesteps = np.stack(timesteps)
         alpha = noise_scheduler.alphas_cumprod[timesteps].reshape(timesteps.shape + (1, 1, 1, 1))
-        loss, grads, finite = step_fn.gradients(
+        lr = learning_rate * schedule(step - 1)
+        loss, finite = step_fn.step(
             mean, std, ms.Tensor(np.stack(vae_noise)), ms.Tensor(np.stack(noise)), ms.Tensor(alpha ** 0.5),
             ms.Tensor((1 - alpha) ** 0.5), ms.Tensor(timesteps.astype(np.float32)), context,
-            ms.Tensor(scaler.scale, ms.float32))
+            ms.Tensor(scaler.scale, ms.float32), ms.Tensor(lr, ms.float32))
         loss, finite = float(loss.asnumpy()), bool(finite.asnumpy())
-        lr = learning_rate * schedule(step - 1)
-        if finite:
-            step_fn.apply(grads, ms.Tensor(lr, ms.float32))
-        elif scaler.enabled:
+        if not finite and scaler.enabled:
             logger.warning("step %d: gradients overflowed in fp16; step skipped, loss scale %g -> %g",
                            step, scaler.scale, scaler.scale / 2)
-        else:
+        elif not finite:
             last = latest_checkpoint(c.output_dir)
             raise FloatingPointError(f"loss is {loss} at step {step} (non-finite gradients); stopping. "
                                      f"Last checkpoint: {last or 'none'}")
@@ -315,7 +312,7 @@ def _train(c, rank, world_size, grad_reducer):
             continue
         if step % c.checkpointing_steps == 0:
             save_checkpoint(c.output_dir, step, params, optimizer, scaler, seed)
-        if step % c.validation_steps == 0 or step == c.max_train_steps:
+        if c.validation_data.prompts and (step % c.validation_steps == 0 or step == c.max_train_steps):
             start = time.time()
             validate(pipe, pixels, c.validation_data, c.output_dir, step, seed)
             logger.info("validation at step %d took %.1f s", step, time.time() - start)
