@@ -62,6 +62,8 @@ def load_config(path=None, overrides=()):
             raise ValueError(f"config needs {key}")
     if config.use_8bit_adam:
         raise ValueError("use_8bit_adam is not available: bitsandbytes' 8-bit Adam is CUDA-only; set it to False")
+    if config.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
+        config.mixed_precision = "no"
     if config.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be no, fp16 or bf16, not {config.mixed_precision!r}")
     return config

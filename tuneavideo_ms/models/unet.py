@@ -239,7 +239,18 @@ class UNet3DConditionModel(nn.Cell):
         folder = model_folder(pretrained_model_path, subfolder)
         model = cls(**read_config(folder))
         load_weights(model, folder, may_be_missing=lambda name: ".attn_temp." in name or ".norm_temp." in name)
+        model._init_temporal_projections()
         return model
+
+    def _init_temporal_projections(self, seed=0):
+        """attn_temp's q/k/v start from a fixed draw (torch's default uniform
+        init), so inflating the same checkpoint twice gives the same model:
+        runs and resumed runs agree even when attn_temp is not trained."""
+        rng = np.random.default_rng(seed)
+        for name, param in self.parameters_and_names():
+            if ".attn_temp.to_" in name and ".to_out." not in name:
+                bound = 1.0 / math.sqrt(param.shape[1])
+                param.set_data(Tensor(rng.uniform(-bound, bound, param.shape).astype(np.float32)))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_path, subfolder=None):
