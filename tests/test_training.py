@@ -49,10 +49,7 @@ def test_tuning_changes_only_trainable_tensors(sd, four_steps):
     modules = ("attn1.to_q", "attn2.to_q", "attn_temp")
     changed = {n for n in initial if not np.array_equal(initial[n], tuned[n])}
     trainable = {n for n in initial if any(m in n for m in modules)}
-    # attn_temp.to_out starts at zero weight and bias, and is trained like the rest
-    assert changed == trainable - {n for n in trainable if ".attn_temp." in n and "to_out" not in n} or \
-        changed == trainable
-    assert changed <= trainable and len(changed) >= len(trainable) * 0.9
+    assert len(trainable) == 112 and changed == trainable
     UNet3DConditionModel.from_pretrained(four_steps, subfolder="unet")
 
 
@@ -124,7 +121,7 @@ def test_gradient_checkpointing_keeps_every_gradient(sd):
     backend.setup("CPU", "graph", training=True)
     try:
         rng = np.random.default_rng(0)
-        sample = ms.Tensor(rng.standard_normal((1, 4, 2, 8, 8), dtype=np.float32))
+        sample = ms.Tensor(rng.standard_normal((1, 4, 3, 16, 16), dtype=np.float32))
         context = ms.Tensor(rng.standard_normal((1, 77, 32), dtype=np.float32))
         t = ms.Tensor(np.array([500.0], np.float32))
         grads = []
@@ -142,9 +139,8 @@ def test_gradient_checkpointing_keeps_every_gradient(sd):
     plain, recomputed = grads
     assert len(plain) == len(params) == 112
     # attn_temp's q/k/v see no gradient through a zero output projection at the start; everything else does
-    nonzero = [np.abs(g).max() > 0 for g in recomputed]
-    assert sum(nonzero) == len(params) - sum(".attn_temp.to_" in p.name and "to_out" not in p.name
-                                             for p in params)
+    zero = [p.name for p, g in zip(params, recomputed) if not np.abs(g).any()]
+    assert zero == [p.name for p in params if ".attn_temp.to_" in p.name and "to_out" not in p.name]
     for a, b in zip(plain, recomputed):
         assert np.array_equal(a, b)
 
