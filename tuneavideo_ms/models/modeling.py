@@ -42,12 +42,23 @@ def load_weights(model, folder, weight_names=WEIGHT_NAMES, may_be_missing=lambda
     return path
 
 
-def save_model(model, save_directory, config):
-    """config.json + diffusion_pytorch_model.safetensors under the diffusers names, atomically."""
-    with atomic_dir(save_directory) as tmp:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(dict(config), f, indent=2, sort_keys=True)
-        save_safetensors(os.path.join(tmp, WEIGHT_NAMES[0]), state_dict(model))
+class ModelMixin:
+    """from_pretrained / save_pretrained for cells built from a config dict (`self.config`)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_path, subfolder=None):
+        """Loads a model folder: config.json and a weight file in any format weights.py reads."""
+        folder = model_folder(pretrained_model_path, subfolder)
+        model = cls(**read_config(folder))
+        load_weights(model, folder)
+        return model
+
+    def save_pretrained(self, save_directory):
+        """config.json + diffusion_pytorch_model.safetensors under the diffusers names, atomically."""
+        with atomic_dir(save_directory) as tmp:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(dict(self.config, _class_name=type(self).__name__), f, indent=2, sort_keys=True)
+            save_safetensors(os.path.join(tmp, WEIGHT_NAMES[0]), state_dict(self))
 
 
-__all__ = ["Config", "WeightsError", "model_folder", "read_config", "load_weights", "save_model"]
+__all__ = ["Config", "ModelMixin", "WeightsError", "model_folder", "read_config", "load_weights"]

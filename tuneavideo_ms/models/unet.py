@@ -10,7 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .modeling import Config, load_weights, model_folder, read_config, save_model
+from .modeling import Config, ModelMixin, load_weights, model_folder, read_config
 from .normalization import GroupNorm
 from .resnet import InflatedConv3d
 from .unet_blocks import UNetMidBlock3DCrossAttn, get_down_block, get_up_block
@@ -103,7 +103,10 @@ class ClassEmbedding(nn.Cell):
         return ops.gather(self.weight, labels.astype(ms.int32), 0)
 
 
-class UNet3DConditionModel(nn.Cell):
+class UNet3DConditionModel(ModelMixin, nn.Cell):
+    """`from_pretrained` loads a video UNet: one saved here, or one the PyTorch
+    Tune-A-Video wrote (3D config, diffusion_pytorch_model.bin)."""
+
     def __init__(self, **config):
         super().__init__()
         unknown = sorted(k for k in config if k not in DEFAULTS and k not in UNSUPPORTED and not k.startswith("_"))
@@ -251,14 +254,3 @@ class UNet3DConditionModel(nn.Cell):
             if ".attn_temp.to_" in name and ".to_out." not in name:
                 bound = 1.0 / math.sqrt(param.shape[1])
                 param.set_data(Tensor(rng.uniform(-bound, bound, param.shape).astype(np.float32)))
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_path, subfolder=None):
-        """Loads a video UNet: one saved here, or one the PyTorch Tune-A-Video wrote."""
-        folder = model_folder(pretrained_model_path, subfolder)
-        model = cls(**read_config(folder))
-        load_weights(model, folder)
-        return model
-
-    def save_pretrained(self, save_directory):
-        save_model(self, save_directory, self.config)

@@ -7,7 +7,7 @@ is per image, as in the 2D VAE).
 from mindspore import nn, ops
 
 from .attention import CrossAttention
-from .modeling import Config, load_weights, model_folder, read_config, save_model
+from .modeling import Config, ModelMixin
 from .normalization import GroupNorm
 from .resnet import Downsample3D, InflatedConv3d, ResnetBlock3D, Upsample3D
 
@@ -45,31 +45,21 @@ class MidBlock(nn.Cell):
         return self.resnets[1](x)
 
 
-class EncoderBlock(nn.Cell):
-    def __init__(self, in_channels, out_channels, num_layers, groups, add_downsample):
+class ResnetStack(nn.Cell):
+    """Resnets, then a down- or upsampler: DownEncoderBlock2D and UpDecoderBlock2D."""
+
+    def __init__(self, in_channels, out_channels, num_layers, groups, downsample=False, upsample=False):
         super().__init__()
         self.resnets = nn.CellList([ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, None,
                                                   groups=groups) for i in range(num_layers)])
-        self.downsamplers = nn.CellList([Downsample3D(out_channels, padding=0)]) if add_downsample else None
+        self.downsamplers = nn.CellList([Downsample3D(out_channels, padding=0)]) if downsample else None
+        self.upsamplers = nn.CellList([Upsample3D(out_channels)]) if upsample else None
 
     def construct(self, x):
         for resnet in self.resnets:
             x = resnet(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
-        return x
-
-
-class DecoderBlock(nn.Cell):
-    def __init__(self, in_channels, out_channels, num_layers, groups, add_upsample):
-        super().__init__()
-        self.resnets = nn.CellList([ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, None,
-                                                  groups=groups) for i in range(num_layers)])
-        self.upsamplers = nn.CellList([Upsample3D(out_channels)]) if add_upsample else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
         return x
@@ -81,7 +71,7 @@ class Encoder(nn.Cell):
         channels, groups, n = list(c.block_out_channels), c.norm_num_groups, len(c.block_out_channels)
         self.conv_in = InflatedConv3d(c.in_channels, channels[0], 3, padding=1)
         self.down_blocks = nn.CellList([
-            EncoderBlock(channels[max(i - 1, 0)], channels[i], c.layers_per_block, groups, i < n - 1)
+            ResnetStack(channels[max(i - 1, 0)], channels[i], c.layers_per_block, groups, downsample=i < n - 1)
             for i in range(n)])
         self.mid_block = MidBlock(channels[-1], groups, c.mid_block_add_attention)
         self.conv_norm_out = GroupNorm(groups, channels[-1], eps=1e-6)
@@ -102,7 +92,8 @@ class Decoder(nn.Cell):
         self.conv_in = InflatedConv3d(c.latent_channels, rev[0], 3, padding=1)
         self.mid_block = MidBlock(rev[0], groups, c.mid_block_add_attention)
         self.up_blocks = nn.CellList([
-            DecoderBlock(rev[max(i - 1, 0)], rev[i], c.layers_per_block + 1, groups, i < n - 1) for i in range(n)])
+            ResnetStack(rev[max(i - 1, 0)], rev[i], c.layers_per_block + 1, groups, upsample=i < n - 1)
+            for i in range(n)])
         self.conv_norm_out = GroupNorm(groups, rev[-1], eps=1e-6)
         self.conv_out = InflatedConv3d(rev[-1], c.out_channels, 3, padding=1)
 
@@ -113,7 +104,7 @@ class Decoder(nn.Cell):
         return self.conv_out(ops.silu(self.conv_norm_out(x)))
 
 
-class AutoencoderKL(nn.Cell):
+class AutoencoderKL(ModelMixin, nn.Cell):
     def __init__(self, **config):
         super().__init__()
         c = Config(DEFAULTS)
@@ -149,13 +140,3 @@ class AutoencoderKL(nn.Cell):
     def construct(self, x):
         mean, _ = self.encode(x)
         return self.decode(mean)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_path, subfolder=None):
-        folder = model_folder(pretrained_model_path, subfolder)
-        model = cls(**read_config(folder))
-        load_weights(model, folder)
-        return model
-
-    def save_pretrained(self, save_directory):
-        save_model(self, save_directory, dict(self.config, _class_name="AutoencoderKL"))
