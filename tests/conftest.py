@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -18,3 +20,18 @@ def rel_err(a, b):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED_CLIP = os.path.join(REPO, "tuneavideo_ms", "assets", "man-skiing.mp4")  # 16 frames, 128x128
+
+
+def shared_clip(name):
+    """A real clip from shared/videos (beside the checkout, or where
+    TUNEAVIDEO_SHARED_VIDEOS points); the bundled cut of man-skiing where a
+    checkout has no shared/ beside it."""
+    for folder in (os.environ.get("TUNEAVIDEO_SHARED_VIDEOS"), os.path.join(REPO, "..", "shared", "videos"),
+                   "/work/shared/videos"):
+        if folder and os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return BUNDLED_CLIP

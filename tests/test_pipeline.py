@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL as TorchAutoencoderKL
 from transformers import CLIPTextConfig, CLIPTokenizer
 from transformers import CLIPTextModel as TorchCLIPTextModel
 
-from conftest import rel_err
+from conftest import rel_err, shared_clip
 from torch_reference import assert_matches_torch
 from tuneavideo_ms import tiny
 from tuneavideo_ms.models.text_encoder import CLIPTextModel
@@ -21,7 +21,7 @@ from tuneavideo_ms.models.vae import AutoencoderKL
 from tuneavideo_ms.pipelines import TuneAVideoPipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIP = os.path.join(REPO, "..", "shared", "videos", "man-skiing.mp4")
+CLIP = shared_clip("man-skiing.mp4")
 
 
 def _perturb(model, scale=0.02):

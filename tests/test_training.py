@@ -6,13 +6,14 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from conftest import shared_clip
 from tuneavideo_ms import tiny, training
 from tuneavideo_ms.config import load_config
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.weights import read_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIP = os.path.join(REPO, "..", "shared", "videos", "man-surfing.mp4")
+CLIP = shared_clip("man-surfing.mp4")
 
 
 @pytest.fixture(scope="module")
