@@ -162,3 +162,49 @@ def test_config_errors(tmp_path):
         load_config(None, base[:3])
     for name in ("man-skiing", "man-surfing", "rabbit-watermelon", "car-turn", "demo"):
         assert load_config(os.path.join(REPO, "configs", f"{name}.yaml")).train_data.prompt
+
+
+@pytest.mark.parametrize("name", ["constant", "constant_with_warmup", "linear", "cosine"])
+def test_lr_schedules_equal_diffusers(name):
+    import torch
+    from diffusers.optimization import get_scheduler
+    from tuneavideo_ms.optim import lr_lambda
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = get_scheduler(name, optimizer, num_warmup_steps=5, num_training_steps=20)
+    ours = lr_lambda(name, 5, 20)
+    for step in range(20):
+        assert abs(ours(step) - optimizer.param_groups[0]["lr"]) < 1e-7, step
+        optimizer.step()
+        reference.step()
+
+
+def test_gradient_accumulation_equals_the_larger_batch(rng):
+    """Two micro-batches of one sample take the same AdamW step as one batch of two."""
+    from mindspore import nn
+    from tuneavideo_ms.optim import AdamW
+
+    class Toy(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.weight = ms.Parameter(ms.Tensor(np.linspace(0.5, 1.5, 4, dtype=np.float32).reshape(1, 4, 1, 1, 1)),
+                                       name="weight")
+
+        def construct(self, x, t, context):
+            return x * self.weight + context.mean() + t.reshape(-1, 1, 1, 1, 1) * 1e-3
+
+    inputs = [rng.standard_normal((2, 4, 2, 2, 2)).astype(np.float32) for _ in range(2)]
+    alpha = np.array([0.3, 0.8], np.float32).reshape(2, 1, 1, 1, 1)
+    mean, std = (ms.Tensor(rng.standard_normal((1, 4, 2, 2, 2)).astype(np.float32)) for _ in range(2))
+    context = ms.Tensor(rng.standard_normal((1, 3, 5)).astype(np.float32))
+    results = []
+    for micro in (1, 2):
+        toy = Toy()
+        step = training.TrainStep(toy, [toy.weight], AdamW([toy.weight]), "v_prediction", 0.18, 1.0, compile=False)
+        shape = lambda a: ms.Tensor(a.reshape((micro, 2 // micro) + a.shape[1:]))  # noqa: E731
+        loss, finite = step.step(mean, std, shape(inputs[0]), shape(inputs[1]), shape(alpha ** 0.5),
+                                 shape((1 - alpha) ** 0.5), shape(np.array([[3.0], [700.0]], np.float32)),
+                                 context, ms.Tensor(1.0, ms.float32), ms.Tensor(0.1, ms.float32))
+        assert bool(finite.asnumpy())
+        results.append((float(loss.asnumpy()), toy.weight.asnumpy()))
+    assert abs(results[0][0] - results[1][0]) < 1e-6
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6, atol=1e-7)
