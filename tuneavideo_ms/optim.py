@@ -40,7 +40,7 @@ class AdamW(nn.Cell):
     def state(self):
         """{name: array} of the moments and the step, for checkpoints."""
         state = {p.name: p.asnumpy() for p in list(self.exp_avg) + list(self.exp_avg_sq)}
-        state["step"] = np.array(self.step.asnumpy())
+        state["step"] = np.asarray(self.step.asnumpy()).reshape(())
         return state
 
     def load_state(self, state):
@@ -48,7 +48,7 @@ class AdamW(nn.Cell):
             if p.name not in state:
                 raise ValueError(f"optimizer state has no {p.name}")
             p.set_data(Tensor(state[p.name]))
-        self.step.set_data(Tensor(int(state["step"]), ms.int32))
+        self.step.set_data(Tensor(int(np.asarray(state["step"]).reshape(-1)[0]), ms.int32))
 
 
 def lr_lambda(name, warmup_steps, total_steps):
