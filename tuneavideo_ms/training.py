@@ -277,7 +277,6 @@ def _train(c, rank, world_size, grad_reducer):
     logger.info("tuning %d tensors (%d values) of the UNet on %s: %d steps, batch %d x %d micro-batches x %d "
                 "workers, seed %d", len(params), sum(p.size for p in params), c.train_data.video_path,
                 c.max_train_steps, c.train_batch_size, c.gradient_accumulation_steps, world_size, seed)
-    per_step = c.train_batch_size * c.gradient_accumulation_steps
     bar = tqdm(total=c.max_train_steps, initial=step, desc="steps", disable=rank != 0)
     while step < c.max_train_steps:
         step += 1
