@@ -59,7 +59,8 @@ def main(argv=None):
     if args.inv_latents:
         latents = np.load(args.inv_latents)
     elif pixels is not None:
-        latents = invert_clip(pipe, pixels, args.num_inv_steps,
+        clip_latents = pipe.encode_video(pixels.transpose(1, 0, 2, 3)[None], deterministic=True)
+        latents = invert_clip(pipe, clip_latents, args.num_inv_steps,
                               save_path=os.path.join(args.output_dir, "inv_latents.npy"))
     paths = sample_edits(pipe, args.prompts, args.output_dir, latents=latents, fps=args.fps,
                          video_length=args.video_length, height=args.height, width=args.width,

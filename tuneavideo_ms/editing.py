@@ -13,10 +13,9 @@ from .video_io import save_video, save_videos_grid
 logger = logging.getLogger(__name__)
 
 
-def invert_clip(pipe, pixels, num_inv_steps, prompt="", save_path=None):
-    """Pixels [f, 3, H, W] in [-1, 1] -> the inverted noise [1, 4, f, H/8, W/8]
-    (a numpy array, also written to `save_path` when given)."""
-    latents = pipe.encode_video(pixels.transpose(1, 0, 2, 3)[None], deterministic=True)
+def invert_clip(pipe, latents, num_inv_steps, prompt="", save_path=None):
+    """The clip's scaled latents [1, 4, f, h, w] -> its inverted noise, same
+    shape (a numpy array, also written to `save_path` when given)."""
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     noise = ddim_inversion(pipe, scheduler, latents, num_inv_steps, prompt=prompt)[-1].asnumpy()
     if save_path:

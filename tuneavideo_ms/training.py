@@ -28,7 +28,6 @@ from .models.attention import Transformer3DModel
 from .models.resnet import ResnetBlock3D
 from .optim import AdamW, lr_lambda
 from .pipelines import TuneAVideoPipeline
-from .schedulers import DDIMScheduler
 from .weights import read_state_dict, save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -197,11 +196,12 @@ def load_checkpoint(path, params, optimizer, scaler):
 
 # ----------------------------------------------------------------------------- validation
 
-def validate(pipe, pixels, validation_data, output_dir, step, seed):
+def validate(pipe, clip_latents, validation_data, output_dir, step, seed):
+    """Inverts the clip's latents (the scaled posterior mean) and samples the validation prompts."""
     v = validation_data
     latents = None
     if v.use_inv_latent:
-        latents = invert_clip(pipe, pixels, v.num_inv_steps,
+        latents = invert_clip(pipe, clip_latents, v.num_inv_steps,
                               save_path=os.path.join(output_dir, "inv_latents", f"ddim_latent-{step}.npy"))
     return sample_edits(pipe, list(v.prompts), os.path.join(output_dir, "samples", f"sample-{step}"),
                         latents=latents, grid_path=os.path.join(output_dir, "samples", f"sample-{step}.gif"),
@@ -241,7 +241,7 @@ def _train(c, rank, world_size, grad_reducer):
                         c.train_data.crop)
     unet = UNet3DConditionModel.from_pretrained_2d(c.pretrained_model_path, subfolder="unet")
     pipe = TuneAVideoPipeline.from_pretrained(c.pretrained_model_path, unet=unet)
-    noise_scheduler = DDIMScheduler.from_pretrained(c.pretrained_model_path, subfolder="scheduler")
+    noise_scheduler = pipe.scheduler  # training reads only its noise schedule, which sampling never changes
 
     # the frozen parts run once: the clip's posterior and the prompt's embedding
     mean, std = pipe.encode_posterior(pixels.transpose(1, 0, 2, 3)[None])
@@ -313,7 +313,7 @@ def _train(c, rank, world_size, grad_reducer):
             save_checkpoint(c.output_dir, step, params, optimizer, scaler, seed)
         if c.validation_data.prompts and (step % c.validation_steps == 0 or step == c.max_train_steps):
             start = time.time()
-            validate(pipe, pixels, c.validation_data, c.output_dir, step, seed)
+            validate(pipe, mean * pipe.vae.config.scaling_factor, c.validation_data, c.output_dir, step, seed)
             logger.info("validation at step %d took %.1f s", step, time.time() - start)
     bar.close()
     if rank == 0:

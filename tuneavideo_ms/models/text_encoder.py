@@ -5,16 +5,12 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .. import backend
-from .modeling import Config, model_folder, read_config
+from .modeling import Config, ModelMixin
 from .normalization import LayerNorm
-from ..weights import find_weight_file, iter_tensors, load_into
 
 DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
                 num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
                 projection_dim=512, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
-WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.ckpt")
-# buffers, not parameters, that some exports carry
-IGNORED = ("text_model.embeddings.position_ids",)
 
 
 def _activation(name):
@@ -121,8 +117,11 @@ class CLIPTextTransformer(nn.Cell):
         return x, pooled.squeeze(1)
 
 
-class CLIPTextModel(nn.Cell):
+class CLIPTextModel(ModelMixin, nn.Cell):
     """`model(input_ids)` -> (last_hidden_state, pooler_output), as transformers' CLIPTextModel."""
+
+    weight_names = ("model.safetensors", "pytorch_model.bin", "model.ckpt")
+    ignored_weights = ("text_model.embeddings.position_ids",)
 
     def __init__(self, **config):
         super().__init__()
@@ -133,12 +132,3 @@ class CLIPTextModel(nn.Cell):
 
     def construct(self, input_ids):
         return self.text_model(input_ids.astype(ms.int32))
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_path, subfolder=None):
-        folder = model_folder(pretrained_model_path, subfolder)
-        model = cls(**read_config(folder))
-        path = find_weight_file(folder, WEIGHT_NAMES)
-        state = {k: v for k, v in iter_tensors(path) if k not in IGNORED}
-        load_into(model, state, source=path)
-        return model
