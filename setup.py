@@ -10,7 +10,6 @@ setup(
     install_requires=[
         "mindspore==2.10.0",
         "numpy>=1.24,<2",
-        "safetensors>=0.4",
         "omegaconf>=2.3",
         "imageio>=2.31",
         "imageio-ffmpeg>=0.4.9",

@@ -1,4 +1,4 @@
-"""weights_convert on diffusers folders (part of issue 5: no single-file LDM yet)."""
+"""weights_convert on diffusers folders and tuned Tune-A-Video UNets (single files: test_ldm.py)."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from torch_reference import SD1_CONFIG, make_unet_2d
+from torch_reference import SD2_CONFIG, VideoUNetOracle, make_unet_2d
 from tuneavideo_ms import tiny
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.pipelines import TuneAVideoPipeline
@@ -47,19 +47,24 @@ def test_pipeline_folder_to_mindspore_and_back(tmp_path):
         assert all(np.array_equal(before[k], after[k]) for k in before), part
 
 
-def test_torch_bin_unet_converts_and_gives_the_same_outputs(tmp_path):
-    make_unet_2d(SD1_CONFIG).save_pretrained(tmp_path / "unet", safe_serialization=False)
+def test_tuned_video_unet_converts_and_gives_the_same_outputs(tmp_path):
+    """A UNet tuned by the PyTorch Tune-A-Video (3D config, .bin, SD 2.x-like) -> MindSpore -> back."""
+    VideoUNetOracle(make_unet_2d(SD2_CONFIG), 2).eval().save_original_format(tmp_path / "unet")
     convert(str(tmp_path / "unet"), str(tmp_path / "ms"))
     convert(str(tmp_path / "unet"), str(tmp_path / "half"), dtype="fp16")
-    a = UNet3DConditionModel.from_pretrained_2d(str(tmp_path / "unet"))
-    b = UNet3DConditionModel.from_pretrained_2d(str(tmp_path / "ms"))
+    a = UNet3DConditionModel.from_pretrained(str(tmp_path / "unet"))
+    b = UNet3DConditionModel.from_pretrained(str(tmp_path / "ms"))
     x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 4, 2, 8, 8)).astype(np.float32))
-    c = ms.Tensor(np.zeros((1, 7, 32), np.float32))
+    c = ms.Tensor(np.random.default_rng(1).standard_normal((1, 7, 1024)).astype(np.float32))
     assert np.array_equal(a(x, 5, c).asnumpy(), b(x, 5, c).asnumpy())
     full = os.path.getsize(tmp_path / "ms" / "diffusion_pytorch_model.ckpt")
     half = os.path.getsize(tmp_path / "half" / "diffusion_pytorch_model.ckpt")
     assert half < 0.55 * full
-    UNet3DConditionModel.from_pretrained_2d(str(tmp_path / "half"))
+    UNet3DConditionModel.from_pretrained(str(tmp_path / "half"))
+    convert(str(tmp_path / "ms"), str(tmp_path / "back"), to="diffusers")
+    before = read_state_dict(tmp_path / "unet" / "diffusion_pytorch_model.bin")
+    after = read_state_dict(tmp_path / "back" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def test_bad_sources_leave_nothing_behind(tmp_path):

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from torch_reference import SD1_CONFIG, make_unet_2d
 from tuneavideo_ms.models import UNet3DConditionModel
-from tuneavideo_ms.weights import WeightsError, read_state_dict
+from tuneavideo_ms.weights import (TensorRef, WeightsError, read_state_dict, write_mindspore_ckpt,
+                                   write_safetensors)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,11 @@ def test_truncated_and_corrupt_files(sd_unet, tmp_path):
         read_state_dict(bad)
     bad = tmp_path / "w.ckpt"
     bad.write_bytes(b"\x01\x02garbage" * 10)
-    with pytest.raises(WeightsError, match="corrupt or unreadable MindSpore checkpoint"):
+    with pytest.raises(WeightsError, match="corrupt or truncated MindSpore checkpoint"):
+        read_state_dict(bad)
+    write_mindspore_ckpt(bad, {"w": TensorRef.of(np.ones((8, 8), np.float32))})
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(WeightsError, match="corrupt or truncated MindSpore checkpoint"):
         read_state_dict(bad)
     with pytest.raises(WeightsError, match="weight file not found"):
         read_state_dict(tmp_path / "absent.bin")
@@ -142,3 +147,25 @@ def test_bad_inputs_are_explained():
         unet(ms.Tensor(np.zeros((1, 4, 2, 12, 8), np.float32)), 1, context)
     with pytest.raises(ValueError, match=r"encoder_hidden_states must be \[batch, tokens, 32\]"):
         unet(ms.Tensor(np.zeros((1, 4, 2, 8, 8), np.float32)), 1, ms.Tensor(np.zeros((1, 7, 64), np.float32)))
+
+
+def test_streaming_writers_match_mindspore_and_torch(tmp_path):
+    rng = np.random.default_rng(0)
+    state = {"w": rng.standard_normal((3, 5, 2, 2)).astype(np.float32), "scalar": np.array(2.5, np.float32),
+             "half": rng.standard_normal(7).astype(np.float16), "step": np.arange(3, dtype=np.int64)}
+    refs = {k: TensorRef.of(v) for k, v in state.items()}
+    # byte for byte what mindspore.save_checkpoint writes, and read back exactly
+    write_mindspore_ckpt(tmp_path / "ours.ckpt", refs)
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(tmp_path / "ms.ckpt"))
+    assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "ms.ckpt").read_bytes()
+    back = read_state_dict(tmp_path / "ours.ckpt")
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
+    # bf16 rounds as torch rounds, in both formats; integers keep their type
+    write_safetensors(tmp_path / "b.safetensors", refs, dtype="BF16")
+    write_mindspore_ckpt(tmp_path / "b.ckpt", refs, dtype="BF16")
+    expected = torch.from_numpy(state["w"]).bfloat16()
+    from safetensors.torch import load_file
+    loaded = load_file(tmp_path / "b.safetensors")
+    assert torch.equal(loaded["w"], expected) and loaded["step"].dtype == torch.int64
+    assert ms.load_checkpoint(str(tmp_path / "b.ckpt"))["w"].dtype == ms.bfloat16
+    assert np.array_equal(read_state_dict(tmp_path / "b.ckpt")["w"], expected.float().numpy())

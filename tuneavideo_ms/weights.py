@@ -1,16 +1,19 @@
-"""The one weight reader: PyTorch .bin (zip pickles, read without torch and
-without running pickled code), safetensors (memory-mapped) and MindSpore
-.ckpt; strict loading into cells by name; safetensors writing.
+"""The one weight reader and writer: PyTorch .bin/.ckpt (zip pickles, read
+without torch and without running pickled code), safetensors and MindSpore
+.ckpt; strict loading into cells by name.
 
-Tensors come out as numpy arrays; bf16 becomes float32 (numpy has no bf16).
+Readers index a file first (name -> TensorRef: shape, dtype, and a loader),
+and read a tensor's bytes only when it is loaded, so a converter holds one
+tensor at a time. Writers take TensorRefs and stream them out the same way.
+Loaded bf16 tensors come out as float32 (numpy has no bf16), exactly.
 """
+import codecs
 import json
 import os
 import pickle
 import zipfile
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from .atomic import atomic_file
 
@@ -19,17 +22,77 @@ class WeightsError(ValueError):
     """A weight file that cannot be read, or whose tensors do not fit the model."""
 
 
-# ----------------------------------------------------------------------------- safetensors
-
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bf16", "I64": np.int64,
-              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+# safetensors' dtype names serve as the common names; None marks bf16, which numpy lacks
+DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None, "I64": np.int64,
+          "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+FLOATS = ("F64", "F32", "F16", "BF16")
 
 
 def _bf16_to_f32(raw):
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-def _iter_safetensors(path):
+def _f32_to_bf16(x):
+    """bf16 bits of float32 values, rounded to nearest even as torch does."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _from_raw(raw, dtype, shape):
+    """A numpy array from the little-endian bytes of a tensor."""
+    if dtype == "BF16":
+        return _bf16_to_f32(raw.view(np.uint16)).reshape(shape)
+    return raw.view(DTYPES[dtype]).reshape(shape)
+
+
+def _dtype_name(array):
+    for name, dtype in DTYPES.items():
+        if dtype is not None and array.dtype == dtype:
+            return name
+    raise WeightsError(f"unsupported tensor dtype {array.dtype}")
+
+
+class TensorRef:
+    """A tensor not yet read: its shape and dtype name, and `load()` for its values."""
+
+    __slots__ = ("shape", "dtype", "_load")
+
+    def __init__(self, shape, dtype, load):
+        self.shape, self.dtype, self._load = tuple(shape), dtype, load
+
+    @classmethod
+    def of(cls, array):
+        array = np.asarray(array)
+        return cls(array.shape, _dtype_name(array), lambda: array)
+
+    def load(self):
+        return self._load()
+
+    def derived(self, shape, fn):
+        """A ref whose values are fn(this tensor's values): a slice or reshape."""
+        return TensorRef(shape, self.dtype, lambda: fn(self.load()))
+
+    def bytes(self, dtype=None):
+        """The little-endian bytes of the tensor, cast to `dtype` (a name in FLOATS) if it is a float."""
+        dtype = dtype if dtype is not None and self.dtype in FLOATS else self.dtype
+        values = self.load()
+        if dtype == "BF16":
+            return _f32_to_bf16(values)
+        return np.ascontiguousarray(values, DTYPES[dtype])
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+def _read_range(path, offset, count):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = np.fromfile(f, np.uint8, count)
+    if raw.size != count:
+        raise WeightsError(f"{path}: truncated file (a tensor at byte {offset} needs {count} bytes)")
+    return raw
+
+
+def _index_safetensors(path):
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -45,37 +108,157 @@ def _iter_safetensors(path):
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
+    data_size = size - 8 - n
+    refs = {}
     for name, info in header.items():
         try:
-            dtype = _ST_DTYPES[info["dtype"]]
-            begin, end = info["data_offsets"]
-            shape = tuple(info["shape"])
+            dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+            if dtype not in DTYPES:
+                raise ValueError(dtype)
         except (KeyError, TypeError, ValueError):
             raise WeightsError(f"{path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
-        if end > len(data) or begin > end:
+        if end > data_size or begin > end:
             raise WeightsError(f"{path}: truncated safetensors file: tensor {name!r} ends at byte {end}, "
-                               f"data has {len(data)}")
-        raw = data[begin:end]
-        if dtype == "bf16":
-            yield name, _bf16_to_f32(raw.view(np.uint16)).reshape(shape)
-        else:
-            yield name, raw.view(dtype).reshape(shape)
+                               f"data has {data_size}")
+
+        def load(begin=begin, end=end, dtype=dtype, shape=shape):
+            return _from_raw(_read_range(path, 8 + n + begin, end - begin), dtype, shape)
+
+        refs[name] = TensorRef(shape, dtype, load)
+    return refs
+
+
+def write_safetensors(path, refs, dtype=None):
+    """Streams {name: TensorRef} to a safetensors file at `path`, atomically; floats cast to `dtype` if given."""
+    out = {name: (dtype if dtype is not None and ref.dtype in FLOATS else ref.dtype) for name, ref in refs.items()}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, ref in refs.items():
+        nbytes = int(np.prod(ref.shape, dtype=np.int64)) * (2 if out[name] == "BF16" else
+                                                            np.dtype(DTYPES[out[name]]).itemsize)
+        header[name] = {"dtype": out[name], "shape": list(ref.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded)
+        for name, ref in refs.items():
+            f.write(memoryview(ref.bytes(out[name])).cast("B"))
 
 
 def save_safetensors(path, state):
     """Writes {name: array} to `path` atomically."""
-    state = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    with atomic_file(path) as tmp:
-        save_file(state, tmp, metadata={"format": "pt"})
+    write_safetensors(path, {name: TensorRef.of(value) for name, value in state.items()})
+
+
+# ----------------------------------------------------------------------------- MindSpore .ckpt
+# A MindSpore checkpoint is one protobuf message: repeated Value {tag; TensorProto {dims, tensor_type,
+# tensor_content}}. Written and read here field by field, so no tensor waits for the others.
+
+_MS_TYPES = {"F64": "Float64", "F32": "Float32", "F16": "Float16", "BF16": "BFloat16", "I64": "Int64",
+             "I32": "Int32", "I16": "Int16", "I8": "Int8", "U8": "UInt8", "BOOL": "Bool"}
+_MS_NAMES = {v: k for k, v in _MS_TYPES.items()}
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number, payload):
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def write_mindspore_ckpt(path, refs, dtype=None):
+    """Streams {name: TensorRef} to a MindSpore checkpoint that mindspore.load_checkpoint reads, atomically."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        for name, ref in refs.items():
+            out = dtype if dtype is not None and ref.dtype in FLOATS else ref.dtype
+            content = memoryview(ref.bytes(out)).cast("B")
+            dims = b"".join(_varint(1 << 3) + _varint(d) for d in ref.shape)
+            tensor_head = dims + _field(2, _MS_TYPES[out].encode()) + _varint(3 << 3 | 2) + _varint(len(content))
+            tensor_len = len(tensor_head) + len(content)
+            value_head = _field(1, name.encode()) + _varint(2 << 3 | 2) + _varint(tensor_len)
+            f.write(_varint(1 << 3 | 2) + _varint(len(value_head) + tensor_len) + value_head + tensor_head)
+            f.write(content)
+
+
+class _Reader:
+    """Protobuf wire format over a file: varints and (field, wire type) keys."""
+
+    def __init__(self, f, path):
+        self.f, self.path = f, path
+
+    def varint(self):
+        shift = result = 0
+        while True:
+            byte = self.f.read(1)
+            if not byte:
+                raise WeightsError(f"{self.path}: corrupt or truncated MindSpore checkpoint (ends inside a record)")
+            result |= (byte[0] & 0x7F) << shift
+            shift += 7
+            if not byte[0] & 0x80:
+                return result
+
+    def key(self):
+        key = self.varint()
+        if key & 7 not in (0, 2):
+            raise WeightsError(f"{self.path}: corrupt or truncated MindSpore checkpoint (wire type {key & 7})")
+        return key >> 3, key & 7
+
+
+def _index_mindspore_ckpt(path):
+    size, refs = os.path.getsize(path), {}
+    with open(path, "rb") as f:
+        r = _Reader(f, path)
+        while f.tell() < size:
+            if r.key() != (1, 2):
+                raise WeightsError(f"{path}: corrupt or truncated MindSpore checkpoint (not a Checkpoint message)")
+            value_end = r.varint() + f.tell()
+            name, dims, dtype, content = None, [], None, None
+            while f.tell() < value_end:
+                field = r.key()
+                if field == (1, 2):
+                    name = f.read(r.varint()).decode(errors="replace")
+                elif field == (2, 2):
+                    tensor_end = r.varint() + f.tell()
+                    while f.tell() < tensor_end:
+                        number, wire = r.key()
+                        if number == 1 and wire == 0:
+                            dims.append(r.varint())
+                        elif number == 1:  # packed dims
+                            end = r.varint() + f.tell()
+                            while f.tell() < end:
+                                dims.append(r.varint())
+                        elif number == 2:
+                            dtype = f.read(r.varint()).decode(errors="replace")
+                        elif number == 3:
+                            length = r.varint()
+                            content = (f.tell(), length)
+                            f.seek(length, 1)
+                        else:
+                            f.seek(r.varint(), 1)
+                else:
+                    raise WeightsError(f"{path}: {name!r} is not a dense tensor; not supported")
+            if f.tell() > size or name is None or content is None or dtype not in _MS_NAMES:
+                raise WeightsError(f"{path}: corrupt or truncated MindSpore checkpoint (at tensor {name!r})")
+
+            def load(content=content, dtype=_MS_NAMES[dtype], shape=tuple(dims)):
+                return _from_raw(_read_range(path, *content), dtype, shape)
+
+            refs[name] = TensorRef(dims, _MS_NAMES[dtype], load)
+    return refs
 
 
 # ----------------------------------------------------------------------------- PyTorch pickles
 
-_TORCH_STORAGES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "BFloat16Storage": "bf16",
-                   "DoubleStorage": np.float64, "LongStorage": np.int64, "IntStorage": np.int32,
-                   "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-                   "BoolStorage": np.bool_}
+_TORCH_STORAGES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
+                   "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
+                   "ByteStorage": "U8", "BoolStorage": "BOOL"}
 
 
 class _StorageType:
@@ -84,17 +267,16 @@ class _StorageType:
 
 
 class _LazyTensor:
-    """A tensor whose bytes are read from the archive only when asked for."""
+    """What the unpickler makes of a tensor: where its values are, not the values."""
 
     def __init__(self, read, dtype, offset, size, stride):
         self.read, self.dtype, self.offset, self.size, self.stride = read, dtype, offset, size, stride
 
     def materialize(self):
-        raw = np.frombuffer(self.read(), dtype=np.uint16 if self.dtype == "bf16" else self.dtype)
-        arr = np.lib.stride_tricks.as_strided(raw[self.offset:], self.size,
-                                              [s * raw.itemsize for s in self.stride])
-        arr = np.array(arr)
-        return _bf16_to_f32(arr) if self.dtype == "bf16" else arr
+        raw = np.frombuffer(self.read(), dtype=np.uint16 if self.dtype == "BF16" else DTYPES[self.dtype])
+        arr = np.array(np.lib.stride_tricks.as_strided(raw[self.offset:], self.size,
+                                                       [s * raw.itemsize for s in self.stride]))
+        return _bf16_to_f32(arr) if self.dtype == "BF16" else arr
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -107,16 +289,33 @@ class _OrderedDict(dict):
     """Stands in for OrderedDict; torch attaches `_metadata` to state dicts."""
 
 
+class _Inert:
+    """Stands in for the bookkeeping objects training frameworks pickle beside
+    the weights (Lightning callbacks, numpy scalars): it takes its arguments
+    and state and runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits tensor rebuilds, storages and OrderedDict; refuses every other global."""
+    """Admits tensor rebuilds, storages, OrderedDict and a few inert
+    bookkeeping classes; refuses every other global."""
 
     _ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
                 ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-                ("collections", "OrderedDict"): _OrderedDict}
+                ("collections", "OrderedDict"): _OrderedDict,
+                ("_codecs", "encode"): codecs.encode}  # how numpy scalars pickle their bytes
+    # found in the original Stable Diffusion .ckpt files, outside the state dict
+    _INERT = {("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
+              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
 
     def __init__(self, file, path, read_record):
         super().__init__(file)
@@ -126,6 +325,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
             return self._ALLOWED[(module, name)]
+        if (module, name) in self._INERT:
+            return _Inert
         if module == "torch" and name in _TORCH_STORAGES:
             return _StorageType(name)
         raise WeightsError(f"{self.path}: refused to load: the pickle asks for the global {module}.{name}, "
@@ -140,68 +341,62 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return (lambda: self.read_record(key)), storage_type.dtype
 
 
-def _iter_torch_zip(path):
+def _index_torch_zip(path):
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({e})") from None
-    with zf:
-        pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
-        if not pkl:
-            raise WeightsError(f"{path}: not a PyTorch checkpoint (no data.pkl in the archive)")
-        prefix = pkl[0][:-len("data.pkl")]
+    pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
+    if not pkl:
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (no data.pkl in the archive)")
+    prefix = pkl[0][:-len("data.pkl")]
 
-        def read_record(key):
-            try:
-                return zf.read(f"{prefix}data/{key}")
-            except (KeyError, zipfile.BadZipFile, OSError, EOFError) as e:
-                raise WeightsError(f"{path}: corrupt or truncated PyTorch file (record {key}: {e})") from None
-
+    def read_record(key):
+        # the archive stays open while any of its refs may be loaded
         try:
-            with zf.open(pkl[0]) as f:
-                obj = _RestrictedUnpickler(f, path, read_record).load()
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
-            raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({e})") from None
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict):
-            raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
-        for name, value in obj.items():
-            if isinstance(value, _LazyTensor):
-                yield name, value.materialize()
+            return zf.read(f"{prefix}data/{key}")
+        except (KeyError, zipfile.BadZipFile, OSError, EOFError) as e:
+            raise WeightsError(f"{path}: corrupt or truncated PyTorch file (record {key}: {e})") from None
 
-
-# ----------------------------------------------------------------------------- MindSpore
-
-def _iter_mindspore_ckpt(path):
-    import mindspore as ms
     try:
-        params = ms.load_checkpoint(path)
-    except (ValueError, RuntimeError, TypeError) as e:
-        raise WeightsError(f"{path}: corrupt or unreadable MindSpore checkpoint ({e})") from None
-    for name, param in params.items():
-        yield name, param.asnumpy()
+        with zf.open(pkl[0]) as f:
+            obj = _RestrictedUnpickler(f, path, read_record).load()
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
+        raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({e})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return {name: TensorRef(value.size, value.dtype, value.materialize)
+            for name, value in obj.items() if isinstance(value, _LazyTensor)}
 
 
 # ----------------------------------------------------------------------------- dispatch
 
-def iter_tensors(path):
-    """Yields (name, numpy array) one tensor at a time, whatever the format."""
+def open_tensors(path):
+    """{name: TensorRef} for a weight file in any of the formats, reading no tensor yet."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"weight file not found: {path}")
     if path.endswith(".safetensors"):
-        return _iter_safetensors(path)
+        return _index_safetensors(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic.startswith(b"PK"):
-        return _iter_torch_zip(path)
+        return _index_torch_zip(path)
     if magic[:1] == b"\x80":
         raise WeightsError(f"{path}: legacy (pre-1.6) PyTorch serialization is not supported; "
                            "re-save it with torch.save in a current PyTorch")
     if path.endswith(".ckpt"):
-        return _iter_mindspore_ckpt(path)
-    raise WeightsError(f"{path}: unknown weight format (expected .safetensors, a PyTorch .bin or a MindSpore .ckpt)")
+        return _index_mindspore_ckpt(path)
+    raise WeightsError(f"{path}: unknown weight format (expected .safetensors, a PyTorch .bin/.ckpt or a "
+                       "MindSpore .ckpt)")
+
+
+def iter_tensors(path):
+    """Yields (name, numpy array) one tensor at a time, whatever the format."""
+    for name, ref in open_tensors(path).items():
+        yield name, ref.load()
 
 
 def read_state_dict(path):

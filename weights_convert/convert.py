@@ -1,23 +1,30 @@
-"""Converting diffusers folders and tuned Tune-A-Video UNets to MindSpore
-checkpoints and back. Parameter names are the same on both sides (the cells
-use the diffusers names), so conversion changes the container, and the dtype
-when asked, never a name or a value."""
+"""Converting Stable Diffusion and Tune-A-Video checkpoints to MindSpore
+checkpoints and back. The cells here use the diffusers parameter names, so a
+diffusers folder converts by changing the container (and the dtype, when
+asked), never a name or a value; a single-file LDM checkpoint is renamed to
+the diffusers layout on the way (ldm.py). One tensor is in memory at a time."""
+import functools
+import json
 import logging
 import os
 import shutil
 import time
 
-import numpy as np
+from tqdm import tqdm
 
 from tuneavideo_ms.atomic import atomic_dir
-from tuneavideo_ms.weights import WeightsError, iter_tensors, save_safetensors
+from tuneavideo_ms.weights import TensorRef, WeightsError, open_tensors, write_mindspore_ckpt, write_safetensors
+
+from . import ldm
 
 logger = logging.getLogger(__name__)
 
 # source weight file -> the stem both formats share
 STEMS = {"diffusion_pytorch_model": "diffusion_pytorch_model", "pytorch_model": "model", "model": "model"}
 EXTENSIONS = (".safetensors", ".bin", ".ckpt")
-DTYPES = {"fp32": np.float32, "fp16": np.float16}
+DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
+WRITERS = {"mindspore": (".ckpt", write_mindspore_ckpt), "diffusers": (".safetensors", write_safetensors)}
+SINGLE_FILE = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 
 
 def _is_weight_file(name):
@@ -30,7 +37,8 @@ def _weight_file(folder):
 
 
 def detect(src):
-    """'pipeline' (model_index.json), 'model' (config.json and one weight file), or an error naming what is there."""
+    """'pipeline' (model_index.json), 'model' (config.json and one weight file), 'ldm' (a single
+    Stable Diffusion file), or an error naming what is there."""
     if os.path.isdir(src):
         names = sorted(os.listdir(src))
         if "model_index.json" in names:
@@ -39,63 +47,130 @@ def detect(src):
             return "model"
         raise ValueError(f"unknown layout at {src}: found {', '.join(names[:12]) or 'an empty folder'}; expected a "
                          "diffusers pipeline (model_index.json) or a model folder (config.json + weights)")
-    if os.path.exists(src):
-        raise ValueError(f"{src}: single-file LDM checkpoints are not supported yet; convert a diffusers folder")
+    if os.path.isfile(src):
+        if not src.endswith(SINGLE_FILE):
+            raise ValueError(f"unknown layout: {src} is a file but not a checkpoint ({', '.join(SINGLE_FILE)})")
+        return "ldm"
     raise FileNotFoundError(f"source not found: {src}")
 
 
-def _convert_model(folder, out, to, dtype, counts):
-    os.makedirs(out, exist_ok=True)
-    weight = _weight_file(folder)
-    for name in os.listdir(folder):
-        if os.path.isfile(os.path.join(folder, name)) and not _is_weight_file(name):
-            shutil.copy2(os.path.join(folder, name), os.path.join(out, name))
-    stem = STEMS[os.path.splitext(weight)[0]]
-    state = {}
-    for name, tensor in iter_tensors(os.path.join(folder, weight)):
-        if dtype is not None and np.issubdtype(tensor.dtype, np.floating):
-            tensor = tensor.astype(dtype)
-        state[name] = np.ascontiguousarray(tensor)
-        counts["tensors"] += 1
-        counts["bytes"] += state[name].nbytes
-    if to == "mindspore":
-        import mindspore as ms
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()],
-                           os.path.join(out, stem + ".ckpt"))
+class _Writer:
+    """Writes models one tensor at a time, advancing one progress bar and counting tensors and bytes."""
+
+    def __init__(self, to, dtype, total):
+        self.ext, self.write = WRITERS[to]
+        self.dtype = dtype
+        self.tensors = self.bytes = 0
+        self.bar = tqdm(total=total, unit="tensor", desc="converting", disable=None)
+
+    def _load(self, ref):
+        self.bar.update(1)
+        return ref.load()
+
+    def model(self, out, stem, config, refs):
+        os.makedirs(out, exist_ok=True)
+        if config is not None:
+            _write_json(os.path.join(out, "config.json"), config)
+        path = os.path.join(out, stem + self.ext)
+        self.write(path, {name: TensorRef(ref.shape, ref.dtype, functools.partial(self._load, ref))
+                          for name, ref in refs.items()}, self.dtype)
+        self.tensors += len(refs)
+        self.bytes += os.path.getsize(path)
+        logger.info("%d tensors -> %s", len(refs), path)
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def _model_folders(src, kind):
+    """(folder, weight file name) of each model in a diffusers source."""
+    if kind == "model":
+        return [(src, _weight_file(src))]
+    return [(os.path.join(src, n), _weight_file(os.path.join(src, n))) for n in sorted(os.listdir(src))
+            if os.path.isdir(os.path.join(src, n)) and os.path.isfile(os.path.join(src, n, "config.json"))
+            and _weight_file(os.path.join(src, n))]
+
+
+def _convert_folder(src, tmp, kind, writer_args):
+    models = [(folder, weight, open_tensors(os.path.join(folder, weight))) for folder, weight in
+              _model_folders(src, kind)]
+    writer = _Writer(*writer_args, total=sum(len(refs) for _, _, refs in models))
+    if kind == "pipeline":
+        for name in sorted(os.listdir(src)):
+            path = os.path.join(src, name)
+            if not any(folder == path for folder, _, _ in models):
+                (shutil.copytree if os.path.isdir(path) else shutil.copy2)(path, os.path.join(tmp, name))
+    for folder, weight, refs in models:
+        out = tmp if kind == "model" else os.path.join(tmp, os.path.basename(folder))
+        os.makedirs(out, exist_ok=True)
+        for name in os.listdir(folder):
+            if os.path.isfile(os.path.join(folder, name)) and not _is_weight_file(name):
+                shutil.copy2(os.path.join(folder, name), os.path.join(out, name))
+        writer.model(out, STEMS[os.path.splitext(weight)[0]], None, refs)
+    return writer
+
+
+def _convert_ldm(src, tmp, writer_args, prediction_type, image_size, upcast_attention, tokenizer):
+    refs = open_tensors(src)
+    if not ldm.is_ldm(refs):
+        found = ", ".join(list(refs)[:5]) or "no tensors"
+        raise ValueError(f"unknown layout: {src} is not a Stable Diffusion LDM checkpoint (no "
+                         f"{ldm.UNET_PREFIX}* tensors; found {found})")
+    parts, left_out = ldm.convert(refs, prediction_type, image_size, upcast_attention)
+    if left_out:
+        logger.info("left out %d tensors outside the UNet, VAE and text encoder (e.g. %s)", len(left_out),
+                    ", ".join(left_out[:3]))
+    writer = _Writer(*writer_args, total=sum(len(out) for _, out in parts.values()))
+    for name, (config, out) in parts.items():
+        writer.model(os.path.join(tmp, name), "model" if name == "text_encoder" else "diffusion_pytorch_model",
+                     config, out)
+    os.makedirs(os.path.join(tmp, "scheduler"))
+    _write_json(os.path.join(tmp, "scheduler", "scheduler_config.json"), ldm.scheduler_config(prediction_type))
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
+             "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    _write_json(os.path.join(tmp, "model_index.json"), index)
+    if tokenizer:
+        shutil.copytree(tokenizer, os.path.join(tmp, "tokenizer"))
     else:
-        save_safetensors(os.path.join(out, stem + ".safetensors"), state)
-    logger.info("%s: %d tensors -> %s", folder, len(state), out)
+        logger.warning("no --tokenizer given: an LDM file holds no tokenizer; copy the CLIP tokenizer folder "
+                       "(SD 1.x: openai/clip-vit-large-patch14, SD 2.x: the SD 2 repo's tokenizer/) to tokenizer/")
+    return writer
 
 
-def convert(src, dst, to="mindspore", dtype=None, overwrite=False):
+def convert(src, dst, to="mindspore", dtype=None, overwrite=False, prediction_type="epsilon", image_size=None,
+            upcast_attention=False, tokenizer=None):
     """Converts `src` into the folder `dst` (written under a temporary name and
     renamed). Returns a summary dict."""
-    if to not in ("mindspore", "diffusers"):
+    if to not in WRITERS:
         raise ValueError(f"--to must be mindspore or diffusers, not {to!r}")
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (bf16 is not written yet), not {dtype!r}")
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"--prediction-type must be epsilon or v_prediction, not {prediction_type!r}")
+    if tokenizer is not None and not os.path.isfile(os.path.join(tokenizer, "vocab.json")):
+        raise FileNotFoundError(f"--tokenizer {tokenizer}: no vocab.json there")
     kind = detect(src)
     if os.path.exists(dst) and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
-    logger.info("found a diffusers %s at %s", kind, src)
-    start, counts = time.time(), {"tensors": 0, "bytes": 0}
-    cast = DTYPES.get(dtype)
+    logger.info("found %s at %s", {"pipeline": "a diffusers pipeline", "model": "a model folder",
+                                   "ldm": "a single-file checkpoint"}[kind], src)
+    start = time.time()
+    writer_args = (to, DTYPES.get(dtype))
     try:
         with atomic_dir(dst, overwrite=overwrite) as tmp:
-            if kind == "model":
-                _convert_model(src, tmp, to, cast, counts)
+            if kind == "ldm":
+                writer = _convert_ldm(src, tmp, writer_args, prediction_type, image_size, upcast_attention,
+                                      tokenizer)
             else:
-                for name in sorted(os.listdir(src)):
-                    path = os.path.join(src, name)
-                    if os.path.isdir(path) and _weight_file(path) and os.path.isfile(os.path.join(path, "config.json")):
-                        _convert_model(path, os.path.join(tmp, name), to, cast, counts)
-                    elif os.path.isdir(path):
-                        shutil.copytree(path, os.path.join(tmp, name))
-                    else:
-                        shutil.copy2(path, os.path.join(tmp, name))
-    except (WeightsError, OSError) as e:
+                writer = _convert_folder(src, tmp, kind, writer_args)
+            writer.bar.close()
+    except (WeightsError, OSError, ValueError) as e:
         raise type(e)(f"conversion of {src} failed, nothing written to {dst}: {e}") from None
-    summary = dict(kind=kind, tensors=counts["tensors"], bytes=counts["bytes"], seconds=time.time() - start)
+    summary = dict(kind=kind, tensors=writer.tensors, bytes=writer.bytes, seconds=time.time() - start)
     logger.info("converted %d tensors, %.1f MB, in %.1f s", summary["tensors"], summary["bytes"] / 2 ** 20,
                 summary["seconds"])
     return summary
