@@ -8,6 +8,7 @@ tensor at a time. Writers take TensorRefs and stream them out the same way.
 Loaded bf16 tensors come out as float32 (numpy has no bf16), exactly.
 """
 import codecs
+import errno
 import json
 import os
 import pickle
@@ -45,6 +46,10 @@ def _from_raw(raw, dtype, shape):
     return raw.view(DTYPES[dtype]).reshape(shape)
 
 
+def _itemsize(dtype):
+    return 2 if dtype == "BF16" else np.dtype(DTYPES[dtype]).itemsize
+
+
 def _dtype_name(array):
     for name, dtype in DTYPES.items():
         if dtype is not None and array.dtype == dtype:
@@ -53,12 +58,13 @@ def _dtype_name(array):
 
 
 class TensorRef:
-    """A tensor not yet read: its shape and dtype name, and `load()` for its values."""
+    """A tensor not yet read: its shape and dtype name, `load()` for its values,
+    and `source` (path, offset, size) when its bytes lie as they are in a file."""
 
-    __slots__ = ("shape", "dtype", "_load")
+    __slots__ = ("shape", "dtype", "_load", "source")
 
-    def __init__(self, shape, dtype, load):
-        self.shape, self.dtype, self._load = tuple(shape), dtype, load
+    def __init__(self, shape, dtype, load, source=None):
+        self.shape, self.dtype, self._load, self.source = tuple(shape), dtype, load, source
 
     @classmethod
     def of(cls, array):
@@ -125,25 +131,53 @@ def _index_safetensors(path):
         def load(begin=begin, end=end, dtype=dtype, shape=shape):
             return _from_raw(_read_range(path, 8 + n + begin, end - begin), dtype, shape)
 
-        refs[name] = TensorRef(shape, dtype, load)
+        refs[name] = TensorRef(shape, dtype, load, (path, 8 + n + begin, end - begin))
     return refs
 
 
-def write_safetensors(path, refs, dtype=None):
-    """Streams {name: TensorRef} to a safetensors file at `path`, atomically; floats cast to `dtype` if given."""
-    out = {name: (dtype if dtype is not None and ref.dtype in FLOATS else ref.dtype) for name, ref in refs.items()}
+def _write_tensor(f, ref, dtype):
+    """Appends a tensor's bytes to the unbuffered file `f`: copied file to file by
+    the kernel when they are unchanged, else read, cast and written."""
+    if ref.source is not None and dtype == ref.dtype and hasattr(os, "copy_file_range"):
+        path, offset, count = ref.source
+        with open(path, "rb") as src:
+            done = 0
+            while done < count:
+                try:
+                    n = os.copy_file_range(src.fileno(), f.fileno(), count - done, offset + done)
+                except OSError as e:  # not across these filesystems: copy through memory
+                    if done or e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    break
+                if n == 0:
+                    raise WeightsError(f"{path}: truncated file (a tensor at byte {offset} needs {count} bytes)")
+                done += n
+            if done == count:
+                return
+    f.write(memoryview(ref.bytes(dtype)).cast("B"))
+
+
+def _out_dtype(ref, dtype):
+    return dtype if dtype is not None and ref.dtype in FLOATS else ref.dtype
+
+
+def write_safetensors(path, refs, dtype=None, on_tensor=None):
+    """Streams {name: TensorRef} to a safetensors file at `path`, atomically; floats cast to
+    `dtype` if given; `on_tensor(name)` is called as each tensor is written."""
+    out = {name: _out_dtype(ref, dtype) for name, ref in refs.items()}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, ref in refs.items():
-        nbytes = int(np.prod(ref.shape, dtype=np.int64)) * (2 if out[name] == "BF16" else
-                                                            np.dtype(DTYPES[out[name]]).itemsize)
+        nbytes = int(np.prod(ref.shape, dtype=np.int64)) * _itemsize(out[name])
         header[name] = {"dtype": out[name], "shape": list(ref.shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb", buffering=0) as f:
         f.write(len(encoded).to_bytes(8, "little") + encoded)
         for name, ref in refs.items():
-            f.write(memoryview(ref.bytes(out[name])).cast("B"))
+            _write_tensor(f, ref, out[name])
+            if on_tensor is not None:
+                on_tensor(name)
 
 
 def save_safetensors(path, state):
@@ -173,18 +207,21 @@ def _field(number, payload):
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def write_mindspore_ckpt(path, refs, dtype=None):
-    """Streams {name: TensorRef} to a MindSpore checkpoint that mindspore.load_checkpoint reads, atomically."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+def write_mindspore_ckpt(path, refs, dtype=None, on_tensor=None):
+    """Streams {name: TensorRef} to a MindSpore checkpoint that mindspore.load_checkpoint
+    reads, atomically; `dtype` and `on_tensor` as for write_safetensors."""
+    with atomic_file(path) as tmp, open(tmp, "wb", buffering=0) as f:
         for name, ref in refs.items():
-            out = dtype if dtype is not None and ref.dtype in FLOATS else ref.dtype
-            content = memoryview(ref.bytes(out)).cast("B")
+            out = _out_dtype(ref, dtype)
+            nbytes = int(np.prod(ref.shape, dtype=np.int64)) * _itemsize(out)
             dims = b"".join(_varint(1 << 3) + _varint(d) for d in ref.shape)
-            tensor_head = dims + _field(2, _MS_TYPES[out].encode()) + _varint(3 << 3 | 2) + _varint(len(content))
-            tensor_len = len(tensor_head) + len(content)
+            tensor_head = dims + _field(2, _MS_TYPES[out].encode()) + _varint(3 << 3 | 2) + _varint(nbytes)
+            tensor_len = len(tensor_head) + nbytes
             value_head = _field(1, name.encode()) + _varint(2 << 3 | 2) + _varint(tensor_len)
             f.write(_varint(1 << 3 | 2) + _varint(len(value_head) + tensor_len) + value_head + tensor_head)
-            f.write(content)
+            _write_tensor(f, ref, out)
+            if on_tensor is not None:
+                on_tensor(name)
 
 
 class _Reader:
@@ -250,7 +287,7 @@ def _index_mindspore_ckpt(path):
             def load(content=content, dtype=_MS_NAMES[dtype], shape=tuple(dims)):
                 return _from_raw(_read_range(path, *content), dtype, shape)
 
-            refs[name] = TensorRef(dims, _MS_NAMES[dtype], load)
+            refs[name] = TensorRef(dims, _MS_NAMES[dtype], load, (path,) + content)
     return refs
 
 

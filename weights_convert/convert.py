@@ -3,7 +3,6 @@ checkpoints and back. The cells here use the diffusers parameter names, so a
 diffusers folder converts by changing the container (and the dtype, when
 asked), never a name or a value; a single-file LDM checkpoint is renamed to
 the diffusers layout on the way (ldm.py). One tensor is in memory at a time."""
-import functools
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ import time
 from tqdm import tqdm
 
 from tuneavideo_ms.atomic import atomic_dir
-from tuneavideo_ms.weights import TensorRef, WeightsError, open_tensors, write_mindspore_ckpt, write_safetensors
+from tuneavideo_ms.weights import WeightsError, open_tensors, write_mindspore_ckpt, write_safetensors
 
 from . import ldm
 
@@ -63,17 +62,12 @@ class _Writer:
         self.tensors = self.bytes = 0
         self.bar = tqdm(total=total, unit="tensor", desc="converting", disable=None)
 
-    def _load(self, ref):
-        self.bar.update(1)
-        return ref.load()
-
     def model(self, out, stem, config, refs):
         os.makedirs(out, exist_ok=True)
         if config is not None:
             _write_json(os.path.join(out, "config.json"), config)
         path = os.path.join(out, stem + self.ext)
-        self.write(path, {name: TensorRef(ref.shape, ref.dtype, functools.partial(self._load, ref))
-                          for name, ref in refs.items()}, self.dtype)
+        self.write(path, refs, self.dtype, on_tensor=lambda name: self.bar.update(1))
         self.tensors += len(refs)
         self.bytes += os.path.getsize(path)
         logger.info("%d tensors -> %s", len(refs), path)
