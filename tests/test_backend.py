@@ -59,3 +59,31 @@ def test_bf16_on_cpu_is_refused_clearly():
     with pytest.raises(ValueError, match="bf16 needs an Ascend device"):
         backend.check_dtype(ms.bfloat16)
     backend.check_dtype(ms.float16)
+
+
+def _numpy_flash(query, key, value, head_num, scalar_value=1.0, input_layout="BSH"):
+    """A stand-in for ops.flash_attention_score (BSH layout) that holds the wrapper
+    to the kernel's constraints: head dims a multiple of 16, at most 512."""
+    assert input_layout == "BSH"
+    q, k, v = (x.asnumpy().astype(np.float64) for x in (query, key, value))
+    b, lq, inner = q.shape
+    d = inner // head_num
+    assert d % 16 == 0 and d <= 512, d
+    split = lambda x: x.reshape(b, x.shape[1], head_num, d).transpose(0, 2, 1, 3)  # noqa: E731
+    scores = split(q) @ split(k).transpose(0, 1, 3, 2) * scalar_value
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    out = (probs / probs.sum(-1, keepdims=True)) @ split(v)
+    return ms.Tensor(out.transpose(0, 2, 1, 3).reshape(b, lq, inner).astype(np.float32))
+
+
+@pytest.mark.parametrize("heads,dim,lk", [(8, 40, 77), (2, 64, 9), (4, 5, 3)])  # SD 1.5's 40, SD 2's 64, temporal
+def test_flash_attention_layout_equals_portable(rng, heads, dim, lk):
+    q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim)).astype(np.float32)) for n in (6, lk, lk))
+    expected = backend.attention_portable(q, k, v, heads, dim ** -0.5, True).asnumpy()
+    out = backend.flash_attention(_numpy_flash, half=None)(q, k, v, heads, dim ** -0.5, True).asnumpy()
+    assert rel_err(out, expected) < 1e-5
+    # and it compiles in graph mode with the portable kernel plugged in
+    portable = lambda q, k, v, n, scalar_value, input_layout: backend.attention_portable(  # noqa: E731
+        q, k, v, n, scalar_value, True)
+    jitted = ms.jit(backend.flash_attention(portable, half=None))(q, k, v, heads, dim ** -0.5, True).asnumpy()
+    assert rel_err(jitted, expected) < 1e-5

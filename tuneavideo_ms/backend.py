@@ -148,5 +148,41 @@ def attention_portable(q, k, v, heads, scale, upcast, mask=None):
     return out.transpose(0, 2, 1, 3).reshape(b, lq, inner)
 
 
+def _pad_heads(x, heads, pad):
+    b, length, inner = x.shape
+    return ops.pad(x.reshape(b, length, heads, inner // heads), (0, pad)).reshape(b, length, -1)
+
+
+FLASH_MAX_HEAD_DIM = 512  # FlashAttentionScore: head dims a multiple of 16, at most 512; fp16/bf16 only
+
+
+def flash_attention(kernel, half=ms.float16):
+    """An attention(q, k, v, heads, scale, upcast) running `kernel`, which has
+    ops.flash_attention_score's signature, in its [batch, length, heads * dim]
+    (BSH) layout: the layout our cells use, so no transposes. Head dims are
+    zero-padded to a multiple of 16 (zeros change neither q.k nor, once cut
+    off, the output), so SD 1.x's 40 and 80 qualify; fp32 inputs run in `half`
+    (the kernel's softmax is fp32 inside, so `upcast` holds). Tests plug the
+    portable attention in as `kernel` with half=None."""
+    def attention(q, k, v, heads, scale, upcast, mask=None):
+        b, lq, inner = q.shape
+        d = inner // heads
+        if mask is not None or d > FLASH_MAX_HEAD_DIM:
+            return attention_portable(q, k, v, heads, scale, upcast, mask)
+        dtype, pad = q.dtype, -d % 16
+        if pad:
+            q, k, v = _pad_heads(q, heads, pad), _pad_heads(k, heads, pad), _pad_heads(v, heads, pad)
+        if half is not None and dtype == ms.float32:
+            q, k, v = q.astype(half), k.astype(half), v.astype(half)
+        out = kernel(q, k, v, heads, scalar_value=scale, input_layout="BSH").astype(dtype)
+        if pad:
+            out = out.reshape(b, lq, heads, d + pad)[:, :, :, :d].reshape(b, lq, inner)
+        return out
+    return attention
+
+
 def attention_kernel():
+    # FlashAttentionScore serves spatial (sparse-causal), cross and temporal attention alike
+    if _state["kernels"] == "auto" and device() == "Ascend":
+        return flash_attention(ops.flash_attention_score)
     return attention_portable

@@ -15,7 +15,7 @@ import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import ops
+from mindspore import nn, ops
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
@@ -220,22 +220,47 @@ def _log_to_file(path):
     return handler
 
 
-def main(config, rank=0, world_size=1, grad_reducer=None):
-    """Tunes a video UNet as `config` (see config.py) says; returns the output folder."""
+def data_parallel():
+    """(rank, world size): under msrun, after joining its workers for data
+    parallelism (gradients averaged); (0, 1) when run alone."""
+    if int(os.environ.get("MS_WORKER_NUM", "1")) <= 1:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
+
+
+def _shared_seed(seed, rank, world_size):
+    """Worker 0's seed on every worker. Split in 16-bit halves: the CPU
+    AllReduce takes only floats, exact up to 2**24."""
+    if world_size == 1:
+        return seed
+    halves = np.array([seed >> 16, seed & 0xFFFF], np.float32) if rank == 0 else np.zeros(2, np.float32)
+    halves = ops.AllReduce()(ms.Tensor(halves)).asnumpy().astype(np.int64)
+    return int(halves[0]) << 16 | int(halves[1])
+
+
+def main(config):
+    """Tunes a video UNet as `config` (see config.py) says, data-parallel over
+    msrun's workers when launched by msrun; returns the output folder. Only
+    worker 0 writes checkpoints, validation samples, the tuned UNet and train.log."""
     c = config
     backend.setup(c.device, c.mode, training=True)
+    rank, world_size = data_parallel()
     os.makedirs(c.output_dir, exist_ok=True)
     handler = _log_to_file(os.path.join(c.output_dir, "train.log")) if rank == 0 else None
     try:
-        return _train(c, rank, world_size, grad_reducer)
+        return _train(c, rank, world_size)
     finally:
         if handler is not None:
             logging.getLogger("tuneavideo_ms").removeHandler(handler)
             handler.close()
 
 
-def _train(c, rank, world_size, grad_reducer):
-    seed = c.seed if c.seed is not None else int(np.random.SeedSequence().entropy % 2 ** 32)
+def _train(c, rank, world_size):
+    seed = c.seed if c.seed is not None else _shared_seed(int(np.random.SeedSequence().entropy % 2 ** 32),
+                                                          rank, world_size)
     pixels = read_video(c.train_data.video_path, c.train_data.n_sample_frames, c.train_data.width,
                         c.train_data.height, c.train_data.sample_start_idx, c.train_data.sample_frame_rate,
                         c.train_data.crop)
@@ -262,6 +287,7 @@ def _train(c, rank, world_size, grad_reducer):
                       weight_decay=c.adam_weight_decay)
     schedule = lr_lambda(c.lr_scheduler, c.lr_warmup_steps, c.max_train_steps)
     scaler = LossScaler(c.mixed_precision == "fp16")
+    grad_reducer = nn.DistributedGradReducer(params, mean=True, degree=world_size) if world_size > 1 else None
     step_fn = TrainStep(unet, params, optimizer, noise_scheduler.config["prediction_type"],
                         pipe.vae.config.scaling_factor, c.max_grad_norm, compile=c.mode == "graph",
                         grad_reducer=grad_reducer)

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Many clips at once: one independent tuning + editing job per config, N at a
+# time, one per card (or CPU process).
+#
+#   tools/launch_edit.sh --workers N --configs CONFIG... [--log-dir DIR] [key=value ...]
+#   tools/launch_edit.sh --workers N --config-list FILE [--log-dir DIR] [key=value ...]
+#
+# Each job runs tools/train.py on its config (tuning, then the config's
+# validation prompts as the edits) with DEVICE_ID set to its slot, writing to
+# the config's own output_dir and to LOG_DIR/<index>-<config name>.log; key=value
+# settings apply to every job. A failing clip is reported and does not stop
+# the others; a summary table lists each clip, its status and time. The exit
+# status is non-zero if any clip failed.
+set -uo pipefail
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+workers="" log_dir=""
+configs=() overrides=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --workers) workers="$2"; shift 2 ;;
+        --log-dir) log_dir="$2"; shift 2 ;;
+        --config-list)
+            [ -f "$2" ] || { echo "launch_edit.sh: config list not found: $2" >&2; exit 2; }
+            while read -r line; do [ -n "$line" ] && [ "${line:0:1}" != "#" ] && configs+=("$line"); done < "$2"
+            shift 2 ;;
+        --configs)
+            shift
+            while [ $# -gt 0 ] && [[ "$1" != --* ]] && [[ "$1" != *=* ]]; do configs+=("$1"); shift; done ;;
+        -h|--help) usage ;;
+        --*) echo "launch_edit.sh: unknown option $1" >&2; usage ;;
+        *) overrides+=("$1"); shift ;;
+    esac
+done
+[[ "$workers" =~ ^[1-9][0-9]*$ ]] || { echo "launch_edit.sh: --workers must be a positive integer" >&2; usage; }
+[ ${#configs[@]} -gt 0 ] || { echo "launch_edit.sh: no configs given" >&2; usage; }
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-$(command -v python3 || command -v python)}"
+log_dir="${log_dir:-msrun_log/edit-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$log_dir"
+names=() logs=()
+for i in "${!configs[@]}"; do
+    names+=("$(basename "${configs[$i]%.*}")")
+    logs+=("$log_dir/$i-${names[$i]}")
+done
+
+run_job() {
+    local i=$1 slot=$2 start status
+    start=$(date +%s)
+    DEVICE_ID=$slot "$python" "$repo/tools/train.py" --config "${configs[$i]}" "${overrides[@]}" > "${logs[$i]}.log" 2>&1
+    status=$?
+    echo "$status $(( $(date +%s) - start ))" > "${logs[$i]}.status"
+    if [ $status -eq 0 ]; then
+        echo "launch_edit.sh: ${names[$i]} done"
+    else
+        { echo "launch_edit.sh: ${names[$i]} FAILED, last lines of ${logs[$i]}.log:"; tail -n 5 "${logs[$i]}.log"; } >&2
+    fi
+}
+
+echo "launch_edit.sh: ${#configs[@]} clips on $workers workers; logs in $log_dir"
+# each job takes the first free slot (card); a clip that fails early frees its slot at once
+slot_pid=()
+for i in "${!configs[@]}"; do
+    while :; do
+        for ((slot = 0; slot < workers; slot++)); do
+            pid="${slot_pid[$slot]:-}"
+            if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then break 2; fi
+        done
+        wait -n
+    done
+    run_job "$i" "$slot" &
+    slot_pid[$slot]=$!
+done
+wait
+
+failed=0
+printf '\n| clip | status | seconds | config |\n|---|---|---|---|\n'
+for i in "${!configs[@]}"; do
+    read -r status seconds < "${logs[$i]}.status" 2>/dev/null || { status=missing; seconds=-; }
+    if [ "$status" = 0 ]; then label=ok; else label="FAILED ($status)"; failed=$((failed + 1)); fi
+    printf '| %s | %s | %s | %s |\n' "${names[$i]}" "$label" "$seconds" "${configs[$i]}"
+done
+if [ $failed -gt 0 ]; then
+    echo "launch_edit.sh: $failed of ${#configs[@]} clips failed" >&2
+    exit 1
+fi
