@@ -18,8 +18,8 @@ DEMO = os.path.join(REPO, "configs", "demo.yaml")
 # adam_epsilon=1: Adam's first steps move each weight by +-lr whatever its gradient's size, so
 # rounding-level differences in near-zero gradients (a batch-2 sum against the all-reduce of two
 # batch-1 gradients) would flip whole steps; with a large epsilon the update follows the gradient.
-COMMON = ["train_data.n_sample_frames=2", "validation_data.prompts=[]", "max_train_steps=2", "checkpointing_steps=2",
-          "mode=pynative", "gradient_checkpointing=False", "adam_epsilon=1.0", "learning_rate=1e-2"]
+COMMON = ["train_data.n_sample_frames=2", "validation_data.prompts=[]", "max_train_steps=1", "checkpointing_steps=1",
+          "mode=pynative", "gradient_checkpointing=False", "adam_epsilon=1.0", "learning_rate=1e-1"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _launch(script, *args, timeout=600):
 
 
 def _trained(output_dir):
-    return read_state_dict(os.path.join(output_dir, "checkpoint-2", "trainable.safetensors"))
+    return read_state_dict(os.path.join(output_dir, "checkpoint-1", "trainable.safetensors"))
 
 
 def test_two_workers_equal_one_process_with_batch_two(sd, tmp_path):
@@ -46,11 +46,12 @@ def test_two_workers_equal_one_process_with_batch_two(sd, tmp_path):
     training.main(load_config(DEMO, settings + [f"output_dir={tmp_path / 'batch1'}"]))
     dp, batch2, batch1 = (_trained(tmp_path / d) for d in ("dp", "batch2", "batch1"))
     assert max(np.abs(dp[k] - batch2[k]).max() for k in dp) < 1e-5
-    assert max(np.abs(batch1[k] - batch2[k]).max() for k in dp) > 1e-5  # the comparison can fail
+    assert max(np.abs(batch1[k] - batch2[k]).max() for k in dp) > 1e-4  # the comparison can fail
     # worker 0 alone writes; the other logs to msrun's worker_1.log
     worker0, worker1 = ((logs / f"worker_{r}.log").read_text() for r in (0, 1))
-    assert "saved" in worker0 and "saved" not in worker1 and "step 2 loss" in worker1
-    assert (tmp_path / "dp" / "train.log").read_text().count("step 2 loss") == 1
+    assert "saved" in worker0 and "saved" not in worker1 and "step 1 loss" in worker1
+    assert "loss" not in (logs / "scheduler.log").read_text()  # msrun's scheduler runs the script too
+    assert (tmp_path / "dp" / "train.log").read_text().count("step 1 loss") == 1
     assert os.path.isdir(tmp_path / "dp" / "unet")
 
 

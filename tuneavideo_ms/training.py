@@ -223,8 +223,10 @@ def _log_to_file(path):
 def data_parallel():
     """(rank, world size): under msrun, after joining its workers for data
     parallelism (gradients averaged); (0, 1) when run alone."""
-    if int(os.environ.get("MS_WORKER_NUM", "1")) <= 1:
+    if "MS_ROLE" not in os.environ:
         return 0, 1
+    # under msrun even one worker joins: msrun's scheduler process runs this script too,
+    # and init() is what keeps it from training beside the worker
     from mindspore.communication import get_group_size, get_rank, init
     init()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)

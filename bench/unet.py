@@ -1,0 +1,177 @@
+"""The video UNet on CPU, this project against PyTorch, side by side in one run.
+
+The PyTorch model is the tests' oracle (tests/torch_reference.py: diffusers'
+UNet2DConditionModel over the frames with Tune-A-Video's sparse-causal
+attention, temporal attention and frame-pooled GroupNorm); ours loads the same
+weights from the file the oracle writes in the PyTorch Tune-A-Video format.
+Same inputs, fp32, both pinned to the same thread count, each job in its own
+process (peak RSS is its VmHWM).
+
+    python bench/unet.py [--configs tiny mid] [--threads 2] [--repeat 3] [--json out.json]
+
+Rows: forward without grad; one training step (attn1.to_q, attn2.to_q and
+attn_temp trainable, AdamW, loss, backward, clipping, update); the same step
+with gradient checkpointing. Times are the best of --repeat calls after one
+warm-up call (the warm-up is where MindSpore compiles: bench/compile.py).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = ("attn1.to_q", "attn2.to_q", "attn_temp")
+# SD 1.5's topology (diffusers' UNet2DConditionModel defaults) at smaller widths
+MID = dict(sample_size=32, block_out_channels=[64, 128, 256, 256], attention_head_dim=8, cross_attention_dim=768)
+CONFIGS = {"tiny": dict(frames=4, size=8, tokens=77), "mid": dict(unet=MID, frames=8, size=32, tokens=77)}
+JOBS = ("forward", "train", "train+checkpointing")
+
+
+def _unet_config(name):
+    from tuneavideo_ms import tiny
+    return CONFIGS[name].get("unet", tiny.UNET_CONFIG)
+
+
+def _inputs(name, context_dim):
+    import numpy as np
+    c = CONFIGS[name]
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((1, 4, c["frames"], c["size"], c["size"]), dtype=np.float32)
+    context = rng.standard_normal((1, c["tokens"], context_dim), dtype=np.float32)
+    noise = rng.standard_normal(sample.shape, dtype=np.float32)
+    return sample, context, noise
+
+
+def _best(fn, repeat):
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run_torch(name, job, folder, threads, repeat):
+    import torch
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from torch_reference import VideoUNetOracle, make_unet_2d
+    torch.set_num_threads(threads)
+    config = _unet_config(name)
+    model = VideoUNetOracle(make_unet_2d(config), CONFIGS[name]["frames"])
+    sample, context, noise = (torch.from_numpy(a) for a in _inputs(name, config["cross_attention_dim"]))
+    t = torch.tensor([500])
+    if job == "forward":
+        model.eval()
+
+        def call():
+            with torch.no_grad():
+                model(sample, t, context)
+    else:
+        params = []
+        for n, p in model.named_parameters():
+            p.requires_grad_(any(m in n for m in MODULES))
+            if p.requires_grad:
+                params.append(p)
+        if job == "train+checkpointing":
+            model.unet.enable_gradient_checkpointing()
+        model.train()
+        opt = torch.optim.AdamW(params, lr=1e-5)
+
+        def call():
+            loss = torch.nn.functional.mse_loss(model(sample, t, context), noise)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+    return _best(call, repeat)
+
+
+def run_mindspore(name, job, folder, threads, repeat):
+    import mindspore as ms
+    import numpy as np
+    from tuneavideo_ms import backend, training
+    from tuneavideo_ms.models import UNet3DConditionModel
+    from tuneavideo_ms.optim import AdamW
+    backend.setup("CPU", "graph", training=job != "forward")
+    ms.set_context(runtime_num_threads=threads)
+    unet = UNet3DConditionModel.from_pretrained(folder)
+    sample, context, noise = (ms.Tensor(a) for a in _inputs(name, _unet_config(name)["cross_attention_dim"]))
+    if job == "forward":
+        unet.set_train(False)
+        t = ms.Tensor(np.array([500.0], np.float32))
+        return _best(lambda: unet(sample, t, context).asnumpy(), repeat)
+    params = training.trainable_parameters(unet, MODULES)
+    if job == "train+checkpointing":
+        training.enable_gradient_checkpointing(unet)
+    # the posterior is a point mass at `sample` / scaling_factor; alpha 0.5 for every sample
+    step = training.TrainStep(unet, params, AdamW(params), "epsilon", 1.0, 1.0, compile=True)
+    half = ms.Tensor(np.full((1, 1, 1, 1, 1, 1), 0.5 ** 0.5, np.float32))
+    args = (sample, ms.Tensor(np.zeros(sample.shape, np.float32)), ms.Tensor(np.zeros((1,) + sample.shape, np.float32)),
+            noise[None], half, half, ms.Tensor(np.array([[500.0]], np.float32)), context, ms.Tensor(1.0),
+            ms.Tensor(1e-5))
+    return _best(lambda: step.step(*args)[0].asnumpy(), repeat)
+
+
+def _child(framework, name, job, folder, threads, repeat):
+    """Runs one job in a fresh process; returns (seconds, peak RSS in GiB)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO)
+    code = (f"import sys; sys.argv = ['unet.py']; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); "
+            f"import unet, json; s = unet.run_{framework}({name!r}, {job!r}, {folder!r}, {threads}, {repeat}); "
+            "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')); "
+            "print('RESULT', json.dumps([s, hwm / 2 ** 20]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{framework} {name} {job} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT"):])
+
+
+def _write_weights(name, folder):
+    """The oracle's weights in the PyTorch Tune-A-Video format, for both sides."""
+    code = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'tests')!r}); sys.path.insert(0, {REPO!r}); "
+            f"sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); import unet; "
+            "from torch_reference import VideoUNetOracle, make_unet_2d; "
+            f"VideoUNetOracle(make_unet_2d(unet._unet_config({name!r})), 1).save_original_format({folder!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", nargs="+", default=["tiny", "mid"], choices=list(CONFIGS))
+    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs:
+            folder = os.path.join(tmp, name)
+            _write_weights(name, folder)
+            for job in args.jobs:
+                for framework in ("torch", "mindspore"):
+                    print(f"{name} {job} {framework} ...", file=sys.stderr, flush=True)
+                    results[f"{name}/{job}/{framework}"] = _child(framework, name, job, folder, args.threads,
+                                                                  args.repeat)
+    print(f"CPU, {args.threads} threads, fp32, best of {args.repeat} after a warm-up call\n")
+    print("| config | row | PyTorch | this project | ratio |")
+    print("|---|---|---|---|---|")
+    for name in args.configs:
+        peaks = {"torch": 0.0, "mindspore": 0.0}
+        for job in args.jobs:
+            (t, rss_t), (m, rss_m) = results[f"{name}/{job}/torch"], results[f"{name}/{job}/mindspore"]
+            peaks["torch"], peaks["mindspore"] = max(peaks["torch"], rss_t), max(peaks["mindspore"], rss_m)
+            print(f"| {name} | {job} (s) | {t:.3f} | {m:.3f} | {m / t:.2f}x |")
+        print(f"| {name} | peak RSS (GiB) | {peaks['torch']:.2f} | {peaks['mindspore']:.2f} | "
+              f"{peaks['mindspore'] / peaks['torch']:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
