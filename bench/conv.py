@@ -1,4 +1,4 @@
-"""CPU convolution: MindSpore's nn.Conv2d against the MatMul kernel of
+"""CPU convolution: MindSpore's nn.Conv2d against the Im2Col + MatMul kernel of
 backend.py, PyNative and graph mode, side by side with PyTorch when installed.
 
     python bench/conv.py [--shape 8,64,32,32] [--repeat 5]

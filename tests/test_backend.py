@@ -22,15 +22,18 @@ def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, p
     portable = backend.conv2d_portable(x, w, b, stride, padding).asnumpy()
     assert fast.shape == portable.shape
     assert rel_err(fast, portable) < 1e-6
-    # training differentiates through it: the input and weight gradients must agree too
+    # training differentiates through it: the written-out backward must agree with the portable one's
     upstream = ms.Tensor(rng.standard_normal(fast.shape, dtype=np.float32))
 
-    def grads(kernel):
-        def loss(x, w):
+    def grads(kernel, jit):
+        def loss(x, w, b):
             return (kernel(x, w, b, stride, padding) * upstream).sum()
-        return [g.asnumpy() for g in ms.grad(loss, (0, 1))(x, w)]
-    for g_fast, g_portable in zip(grads(backend.conv2d_matmul), grads(backend.conv2d_portable)):
-        assert rel_err(g_fast, g_portable) < 1e-5
+        fn = ms.grad(loss, (0, 1, 2))
+        return [g.asnumpy() for g in (ms.jit(fn) if jit else fn)(x, w, b)]
+    portable = grads(backend.conv2d_portable, False)
+    for jit in (False, True):
+        for g_fast, g_portable in zip(grads(backend.conv2d_matmul, jit), portable):
+            assert rel_err(g_fast, g_portable) < 1e-5
 
 
 def test_kernel_switch(monkeypatch):

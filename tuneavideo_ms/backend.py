@@ -72,58 +72,20 @@ def conv2d_portable(x, weight, bias, stride, padding):
 
 
 def conv2d_matmul(x, weight, bias, stride, padding):
-    """Convolution as one MatMul, for CPU, where MindSpore's conv kernel runs at
-    about 0.5 GFLOP/s and MatMul at about 60.
-
-    The padded image is flattened row by row, so the input seen by tap (dy, dx)
-    of every output pixel is one contiguous slice starting at dy * row + dx.
-    Each output row then carries kw - 1 junk columns, cropped at the end; a
-    strided convolution takes every stride-th output of the unit-stride one."""
+    """Convolution as Im2Col and one MatMul, for CPU, where MindSpore's conv
+    kernel runs at about 0.5 GFLOP/s and MatMul at about 60."""
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
-    if kh == 1 and kw == 1 and padding == 0:
-        x = _subsample(x, stride)
-        _, _, h, w = x.shape
-        y = ops.matmul(weight.reshape(o, c), x.reshape(n, c, h * w)).reshape(n, o, h, w)
-        return y + bias.reshape(1, o, 1, 1)
-    row = w + 2 * padding
-    out_h = h + 2 * padding - kh + 1
-    # one extra padded row at the bottom keeps the last tap's slice in bounds
-    xp = ops.pad(x, (padding, padding, padding, padding + 1)).reshape(n, c, -1)
-    taps = []
-    for dy in range(kh):
-        for dx in range(kw):
-            start = dy * row + dx
-            taps.append(xp[:, :, start:start + out_h * row])
-    cols = ops.concat(taps, 1)
-    w_mat = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
-    y = ops.matmul(w_mat, cols).reshape(n, o, out_h, row)[:, :, :, :row - kw + 1]
-    return _subsample(y, stride) + bias.reshape(1, o, 1, 1)
-
-
-def _subsample(x, stride):
-    """x[:, :, ::stride, ::stride], written as a reshape: the backward of a
-    stepped slice is broken on CPU in MindSpore 2.10 (StridedSliceGrad reads
-    out of bounds)."""
-    if stride == 1:
-        return x
-    n, c, h, w = x.shape
-    ph, pw = -h % stride, -w % stride
-    if ph or pw:
-        x = ops.pad(x, (0, pw, 0, ph))
-    h, w = (h + ph) // stride, (w + pw) // stride
-    return x.reshape(n, c, h, stride, w, stride)[:, :, :, :1, :, :1].reshape(n, c, h, w)
+    out_h, out_w = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    if kh == 1 and kw == 1 and padding == 0 and stride == 1:
+        cols = x.reshape(n, c, h * w)
+    else:
+        cols = ops.unfold(x, (kh, kw), padding=padding, stride=stride)
+    return ops.matmul(weight.reshape(o, -1), cols).reshape(n, o, out_h, out_w) + bias.reshape(1, o, 1, 1)
 
 
 def conv2d_kernel():
-    # In MindSpore 2.10 the graph-mode backward of the whole UNet built on the
-    # MatMul convolution stalls on CPU (each block alone differentiates fine,
-    # and PyNative gradients equal the portable ones), so graphs that train
-    # keep MindSpore's convolution.
-    training_graph = _state["training"] and _state["mode"] == "graph"
-    if _state["kernels"] == "auto" and device() == "CPU" and not training_graph:
-        return conv2d_matmul
-    return conv2d_portable
+    return conv2d_matmul if _state["kernels"] == "auto" and device() == "CPU" else conv2d_portable
 
 
 # ----------------------------------------------------------------------------- attention
