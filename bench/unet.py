@@ -9,6 +9,8 @@ process (peak RSS is its VmHWM).
 
     python bench/unet.py [--configs tiny mid] [--threads 2] [--repeat 3] [--json out.json]
 
+A job the machine's memory cannot hold is killed and shows as "out of memory".
+
 Rows: forward without grad; one training step (attn1.to_q, attn2.to_q and
 attn_temp trainable, AdamW, loss, backward, clipping, update); the same step
 with gradient checkpointing. Times are the best of --repeat calls after one
@@ -97,7 +99,7 @@ def run_mindspore(name, job, folder, threads, repeat):
     from tuneavideo_ms.models import UNet3DConditionModel
     from tuneavideo_ms.optim import AdamW
     backend.setup("CPU", "graph", training=job != "forward")
-    ms.set_context(runtime_num_threads=threads)
+    ms.device_context.cpu.op_tuning.threads_num(threads)
     unet = UNet3DConditionModel.from_pretrained(folder)
     sample, context, noise = (ms.Tensor(a) for a in _inputs(name, _unet_config(name)["cross_attention_dim"]))
     if job == "forward":
@@ -125,6 +127,8 @@ def _child(framework, name, job, folder, threads, repeat):
             "print('RESULT', json.dumps([s, hwm / 2 ** 20]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    if out.returncode in (-9, 137):
+        return None  # killed: out of memory
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{framework} {name} {job} failed:\n{out.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT"):])
@@ -163,11 +167,19 @@ def main():
     for name in args.configs:
         peaks = {"torch": 0.0, "mindspore": 0.0}
         for job in args.jobs:
-            (t, rss_t), (m, rss_m) = results[f"{name}/{job}/torch"], results[f"{name}/{job}/mindspore"]
-            peaks["torch"], peaks["mindspore"] = max(peaks["torch"], rss_t), max(peaks["mindspore"], rss_m)
-            print(f"| {name} | {job} (s) | {t:.3f} | {m:.3f} | {m / t:.2f}x |")
-        print(f"| {name} | peak RSS (GiB) | {peaks['torch']:.2f} | {peaks['mindspore']:.2f} | "
-              f"{peaks['mindspore'] / peaks['torch']:.2f}x |")
+            cells = []
+            for framework in ("torch", "mindspore"):
+                r = results[f"{name}/{job}/{framework}"]
+                peaks[framework] = max(peaks[framework], r[1]) if r else float("inf")
+                cells.append(f"{r[0]:.3f}" if r else "out of memory")
+            r_t, r_m = results[f"{name}/{job}/torch"], results[f"{name}/{job}/mindspore"]
+            ratio = f"{r_m[0] / r_t[0]:.2f}x" if r_t and r_m else "-"
+            print(f"| {name} | {job} (s) | {cells[0]} | {cells[1]} | {ratio} |")
+        if peaks["mindspore"] == float("inf"):
+            print(f"| {name} | peak RSS (GiB) | {peaks['torch']:.2f} | above this machine's memory | - |")
+        else:
+            print(f"| {name} | peak RSS (GiB) | {peaks['torch']:.2f} | {peaks['mindspore']:.2f} | "
+                  f"{peaks['mindspore'] / peaks['torch']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -102,11 +102,16 @@ def attention_portable(q, k, v, heads, scale, upcast, mask=None):
     v = v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
     if upcast:
         q, k = q.astype(ms.float32), k.astype(ms.float32)
-    scores = ops.matmul(q, k) * scale
+    # the scale goes on q, and fp32 scores are not cast: each [lq, lk] tensor
+    # saved for the backward is memory that 8 frames of 32x32 latents measure in GB
+    scores = ops.matmul(q * scale, k)
     if mask is not None:
         scores = scores + mask
-    probs = ops.softmax(scores.astype(ms.float32), axis=-1).astype(dtype)
-    out = ops.matmul(probs, v)
+    if scores.dtype == ms.float32:
+        probs = ops.softmax(scores, axis=-1)
+    else:
+        probs = ops.softmax(scores.astype(ms.float32), axis=-1)
+    out = ops.matmul(probs.astype(dtype), v)
     return out.transpose(0, 2, 1, 3).reshape(b, lq, inner)
 
 
