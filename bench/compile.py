@@ -11,16 +11,15 @@ first call minus a second, already compiled, call.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
+from unet import MID, run_python  # noqa: E402
 
 
 def _configs():
-    from unet import MID
     from tuneavideo_ms import tiny
     # diffusers' UNet2DConditionModel defaults are SD 1.x's topology: 320-1280 channels, 8 heads
     sd15 = dict(sample_size=64, block_out_channels=[320, 640, 1280, 1280], attention_head_dim=8,
@@ -73,12 +72,10 @@ def main():
             code = (f"import sys, json; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); import compile; "
                     f"print('RESULT', json.dumps(compile.measure({name!r}, {recompute}, {args.frames}, "
                     f"{args.size})))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 env=dict(os.environ, PYTHONPATH=REPO))
-            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
-            if out.returncode != 0 or not lines:
-                raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
-            rows.append((name, recompute, json.loads(lines[-1][len("RESULT"):])))
+            result = run_python(code, dict(os.environ, PYTHONPATH=REPO))
+            if result is None:
+                raise MemoryError(f"{name}: killed, out of memory")
+            rows.append((name, recompute, result))
     print(f"training step, graph mode, CPU, {args.frames} frames of {args.size}x{args.size} latents\n")
     print("| config | parameters | gradient checkpointing | compile (s) | compiled step (s) | peak RSS (GiB) |")
     print("|---|---|---|---|---|---|")

@@ -4,23 +4,13 @@ backend.py, PyNative and graph mode, side by side with PyTorch when installed.
     python bench/conv.py [--shape 8,64,32,32] [--repeat 5]
 """
 import argparse
-import time
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
 from tuneavideo_ms import backend
-
-
-def _time(fn, repeat):
-    fn()  # warm-up (and compilation under ms.jit)
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from unet import best_of
 
 
 def main():
@@ -65,7 +55,7 @@ def main():
     print("| kernel | seconds | GFLOP/s | speed-up vs nn.Conv2d | max rel. diff vs nn.Conv2d |")
     print("|---|---|---|---|---|")
     for name, fn in rows:
-        seconds = _time(fn, args.repeat)
+        seconds = best_of(fn, args.repeat)
         base = base or seconds
         out = np.asarray(fn())
         diff = np.abs(out - reference).max() / np.abs(reference).max()

@@ -47,7 +47,8 @@ def _inputs(name, context_dim):
     return sample, context, noise
 
 
-def _best(fn, repeat):
+def best_of(fn, repeat):
+    """The best time of `repeat` calls after a warm-up call (where MindSpore compiles)."""
     fn()
     best = float("inf")
     for _ in range(repeat):
@@ -89,7 +90,7 @@ def run_torch(name, job, folder, threads, repeat):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad()
-    return _best(call, repeat)
+    return best_of(call, repeat)
 
 
 def run_mindspore(name, job, folder, threads, repeat):
@@ -105,7 +106,7 @@ def run_mindspore(name, job, folder, threads, repeat):
     if job == "forward":
         unet.set_train(False)
         t = ms.Tensor(np.array([500.0], np.float32))
-        return _best(lambda: unet(sample, t, context).asnumpy(), repeat)
+        return best_of(lambda: unet(sample, t, context).asnumpy(), repeat)
     params = training.trainable_parameters(unet, MODULES)
     if job == "train+checkpointing":
         training.enable_gradient_checkpointing(unet)
@@ -115,7 +116,7 @@ def run_mindspore(name, job, folder, threads, repeat):
     args = (sample, ms.Tensor(np.zeros(sample.shape, np.float32)), ms.Tensor(np.zeros((1,) + sample.shape, np.float32)),
             noise[None], half, half, ms.Tensor(np.array([[500.0]], np.float32)), context, ms.Tensor(1.0),
             ms.Tensor(1e-5))
-    return _best(lambda: step.step(*args)[0].asnumpy(), repeat)
+    return best_of(lambda: step.step(*args)[0].asnumpy(), repeat)
 
 
 def _child(framework, name, job, folder, threads, repeat):
@@ -125,12 +126,17 @@ def _child(framework, name, job, folder, threads, repeat):
             f"import unet, json; s = unet.run_{framework}({name!r}, {job!r}, {folder!r}, {threads}, {repeat}); "
             "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')); "
             "print('RESULT', json.dumps([s, hwm / 2 ** 20]))")
+    return run_python(code, env)
+
+
+def run_python(code, env):
+    """Runs `code` in a fresh interpreter; the JSON after its RESULT line, or None if it was killed (memory)."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     if out.returncode in (-9, 137):
-        return None  # killed: out of memory
+        return None
     if out.returncode != 0 or not lines:
-        raise RuntimeError(f"{framework} {name} {job} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"job failed:\n{out.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT"):])
 
 

@@ -38,6 +38,11 @@ def _perturbed(module):
     return module
 
 
+def _layer(kind, rest):
+    """An LDM block holds [resnet, attention, ...]: index 0 or 1, and the resnet's own names."""
+    return f"0.{'.'.join(RESNET.get(p, p) for p in rest.split('.'))}" if kind == "resnets" else f"1.{rest}"
+
+
 def unet_to_ldm(state, config):
     per = config["layers_per_block"] + 1
     attention_up = [t.startswith("CrossAttn") for t in config["up_block_types"]]
@@ -49,9 +54,7 @@ def unet_to_ldm(state, config):
         if head in top:
             ldm = f"{top[head]}.{param}"
         elif m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
-            b, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
-            rest = ".".join(RESNET.get(p, p) for p in rest.split(".")) if kind == "resnets" else rest
-            ldm = f"input_blocks.{1 + b * per + layer}.{0 if kind == 'resnets' else 1}.{rest}"
+            ldm = f"input_blocks.{1 + int(m[1]) * per + int(m[3])}.{_layer(m[2], m[4])}"
         elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", name):
             ldm = f"input_blocks.{(int(m[1]) + 1) * per}.0.op.{m[2]}"
         elif m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(.+)", name):
@@ -59,9 +62,7 @@ def unet_to_ldm(state, config):
         elif m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
             ldm = f"middle_block.1.{m[1]}"
         elif m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
-            b, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
-            rest = ".".join(RESNET.get(p, p) for p in rest.split(".")) if kind == "resnets" else rest
-            ldm = f"output_blocks.{b * per + layer}.{0 if kind == 'resnets' else 1}.{rest}"
+            ldm = f"output_blocks.{int(m[1]) * per + int(m[3])}.{_layer(m[2], m[4])}"
         elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", name):
             b = int(m[1])
             ldm = f"output_blocks.{b * per + per - 1}.{2 if attention_up[b] else 1}.conv.{m[2]}"
