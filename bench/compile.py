@@ -33,7 +33,7 @@ def measure(name, recompute, frames, size):
     from tuneavideo_ms import backend, training
     from tuneavideo_ms.models import UNet3DConditionModel
     from tuneavideo_ms.optim import AdamW
-    backend.setup("CPU", "graph", training=True)
+    backend.setup("CPU", "graph")
     config = _configs()[name]
     unet = UNet3DConditionModel(**config)
     params = training.trainable_parameters(unet, ("attn1.to_q", "attn2.to_q", "attn_temp"))

@@ -23,7 +23,7 @@ def _measure(job, mode, steps, model_dir, extra):
     import mindspore as ms
     from tuneavideo_ms import backend
 
-    backend.setup("CPU", mode, training=job.startswith("train"))
+    backend.setup("CPU", mode)
     result = {}
     if job == "forward":
         from tuneavideo_ms.models import UNet3DConditionModel

@@ -99,7 +99,7 @@ def run_mindspore(name, job, folder, threads, repeat):
     from tuneavideo_ms import backend, training
     from tuneavideo_ms.models import UNet3DConditionModel
     from tuneavideo_ms.optim import AdamW
-    backend.setup("CPU", "graph", training=job != "forward")
+    backend.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
     unet = UNet3DConditionModel.from_pretrained(folder)
     sample, context, noise = (ms.Tensor(a) for a in _inputs(name, _unet_config(name)["cross_attention_dim"]))

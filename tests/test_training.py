@@ -122,7 +122,7 @@ def test_gradient_checkpointing_keeps_every_gradient(sd):
     """Recompute gives every trainable tensor its gradient, equal to the plain
     backward (the original's reentrant checkpointing drops a third of them)."""
     from tuneavideo_ms import backend
-    backend.setup("CPU", "graph", training=True)
+    backend.setup("CPU", "graph")
     try:
         rng = np.random.default_rng(0)
         sample = ms.Tensor(rng.standard_normal((1, 4, 3, 16, 16), dtype=np.float32))

@@ -13,14 +13,14 @@ from mindspore import ops
 logger = logging.getLogger(__name__)
 
 DEVICES = ("Ascend", "GPU", "CPU")
-_state = {"device": None, "mode": None, "kernels": "auto", "training": False}
+_state = {"device": None, "mode": None, "kernels": "auto"}
 
 
-def setup(device=None, mode="graph", kernels=None, training=False):
+def setup(device=None, mode="graph", kernels=None):
     """Pick the device (Ascend, then GPU, then CPU unless `device` or
     TUNEAVIDEO_DEVICE says otherwise), the execution mode ("graph" or
     "pynative") and the kernel set ("auto" or "portable", also from
-    TUNEAVIDEO_KERNELS). `training` says the models will be differentiated.
+    TUNEAVIDEO_KERNELS).
     Call before building models: cells take their kernels when constructed."""
     requested = device or os.environ.get("TUNEAVIDEO_DEVICE") or _detect_device()
     device = {d.lower(): d for d in DEVICES}.get(requested.lower())
@@ -33,7 +33,7 @@ def setup(device=None, mode="graph", kernels=None, training=False):
         raise ValueError(f"kernels must be 'auto' or 'portable', not {kernels!r}")
     ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    _state.update(device=device, mode=mode, kernels=kernels, training=training)
+    _state.update(device=device, mode=mode, kernels=kernels)
     logger.info("backend: device=%s mode=%s kernels=%s", device, mode, kernels)
     return device
 

@@ -248,7 +248,7 @@ def main(config):
     msrun's workers when launched by msrun; returns the output folder. Only
     worker 0 writes checkpoints, validation samples, the tuned UNet and train.log."""
     c = config
-    backend.setup(c.device, c.mode, training=True)
+    backend.setup(c.device, c.mode)
     rank, world_size = data_parallel()
     os.makedirs(c.output_dir, exist_ok=True)
     handler = _log_to_file(os.path.join(c.output_dir, "train.log")) if rank == 0 else None

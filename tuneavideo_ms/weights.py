@@ -78,9 +78,8 @@ class TensorRef:
         """A ref whose values are fn(this tensor's values): a slice or reshape."""
         return TensorRef(shape, self.dtype, lambda: fn(self.load()))
 
-    def bytes(self, dtype=None):
-        """The little-endian bytes of the tensor, cast to `dtype` (a name in FLOATS) if it is a float."""
-        dtype = dtype if dtype is not None and self.dtype in FLOATS else self.dtype
+    def bytes(self, dtype):
+        """The little-endian bytes of the tensor as `dtype`, the name _out_dtype gave it."""
         values = self.load()
         if dtype == "BF16":
             return _f32_to_bf16(values)

@@ -80,11 +80,10 @@ def _write_json(path, obj):
 
 def _model_folders(src, kind):
     """(folder, weight file name) of each model in a diffusers source."""
-    if kind == "model":
-        return [(src, _weight_file(src))]
-    return [(os.path.join(src, n), _weight_file(os.path.join(src, n))) for n in sorted(os.listdir(src))
-            if os.path.isdir(os.path.join(src, n)) and os.path.isfile(os.path.join(src, n, "config.json"))
-            and _weight_file(os.path.join(src, n))]
+    folders = [src] if kind == "model" else [os.path.join(src, n) for n in sorted(os.listdir(src))
+                                             if os.path.isfile(os.path.join(src, n, "config.json"))]
+    found = [(folder, _weight_file(folder)) for folder in folders]
+    return [(folder, weight) for folder, weight in found if weight]
 
 
 def _convert_folder(src, tmp, kind, writer_args):
