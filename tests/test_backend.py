@@ -36,11 +36,36 @@ def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, p
             assert rel_err(g_fast, g_portable) < 1e-5
 
 
+@pytest.mark.parametrize("heads,dim,lq,lk,block", [
+    (2, 8, 16, 32, 32 * 2 * 2 * 5),   # 5 query rows a block: blocks of 5, 5, 5 and 1
+    (3, 5, 7, 7, 10 ** 9),           # one block (the tiny model's case)
+    (1, 4, 6, 9, 1),                 # a block per query row
+])
+def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, block):
+    q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32)) for n in (lq, lk, lk))
+    upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
+    fast = backend.MemoryEfficientAttention(block)
+
+    def grads(attention, jit):
+        def loss(q, k, v):
+            out = attention(q, k, v, heads, dim ** -0.5, False)
+            return (out * upstream).sum(), out
+        fn = ms.value_and_grad(loss, (0, 1, 2), has_aux=True)
+        (_, out), g = (ms.jit(fn) if jit else fn)(q, k, v)
+        return [out.asnumpy()] + [x.asnumpy() for x in g]
+    expected = grads(backend.attention_portable, False)
+    for jit in (False, True):
+        for got, want in zip(grads(fast, jit), expected):
+            assert rel_err(got, want) < 1e-5
+
+
 def test_kernel_switch(monkeypatch):
     assert backend.device() == "CPU"
     assert backend.conv2d_kernel() is backend.conv2d_matmul
+    assert isinstance(backend.attention_kernel(), backend.MemoryEfficientAttention)
     monkeypatch.setitem(backend._state, "kernels", "portable")
     assert backend.conv2d_kernel() is backend.conv2d_portable
+    assert backend.attention_kernel() is backend.attention_portable
 
 
 def test_setup_rejects_unknown_values(monkeypatch):
