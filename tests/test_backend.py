@@ -13,6 +13,7 @@ from tuneavideo_ms import backend
     ((2, 8, 9, 9), 16, 3, 2, 0),      # downsampling after diffusers' asymmetric pad
     ((3, 8, 6, 6), 4, 1, 1, 0),       # shortcut / proj_in
     ((1, 4, 8, 8), 8, 5, 1, 2),       # a wider kernel (conv_in_kernel)
+    ((4, 16, 4, 4), 32, 3, 1, 1),     # more channels out than pixels: the images-side-by-side product
 ])
 def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, padding):
     x = ms.Tensor(rng.standard_normal(shape, dtype=np.float32))
@@ -37,14 +38,16 @@ def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, p
 
 
 @pytest.mark.parametrize("heads,dim,lq,lk,block", [
-    (2, 8, 16, 32, 32 * 2 * 2 * 5),   # 5 query rows a block: blocks of 5, 5, 5 and 1
+    (2, 8, 16, 32, 32 * 2 * 2 * 5),   # at most 5 query rows a block: 4 blocks of 4
     (3, 5, 7, 7, 10 ** 9),           # one block (the tiny model's case)
     (1, 4, 6, 9, 1),                 # a block per query row
 ])
-def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, block):
+@pytest.mark.parametrize("core", [backend.RecomputingBlockwiseSoftmaxAttention, backend.BlockwiseSoftmaxAttention])
+def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, block, core):
     q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32)) for n in (lq, lk, lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
     fast = backend.MemoryEfficientAttention(block)
+    fast.core = core(block)  # the second is what gradient checkpointing runs
 
     def grads(attention, jit):
         def loss(q, k, v):

@@ -7,7 +7,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import shared_clip
+from conftest import rel_err, shared_clip
 from tuneavideo_ms import tiny, training
 from tuneavideo_ms.config import load_config
 from tuneavideo_ms.models import UNet3DConditionModel
@@ -120,7 +120,9 @@ def test_nan_loss_stops_naming_the_step(sd, tmp_path):
 
 def test_gradient_checkpointing_keeps_every_gradient(sd):
     """Recompute gives every trainable tensor its gradient, equal to the plain
-    backward (the original's reentrant checkpointing drops a third of them)."""
+    backward (the original's reentrant checkpointing drops a third of them);
+    equal to rounding, as recomputed attention differentiates its blocks
+    instead of running the custom backward."""
     from tuneavideo_ms import backend
     backend.setup("CPU", "graph")
     try:
@@ -146,7 +148,7 @@ def test_gradient_checkpointing_keeps_every_gradient(sd):
     zero = [p.name for p, g in zip(params, recomputed) if not np.abs(g).any()]
     assert zero == [p.name for p in params if ".attn_temp.to_" in p.name and "to_out" not in p.name]
     for a, b in zip(plain, recomputed):
-        assert np.array_equal(a, b)
+        assert rel_err(b, a) < 1e-5
 
 
 def test_config_errors(tmp_path):

@@ -9,6 +9,7 @@ import os
 
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.ops import constexpr
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,11 @@ def check_dtype(dtype):
 
 def conv2d_portable(x, weight, bias, stride, padding):
     """MindSpore's own convolution: the path for Ascend and GPU."""
-    y = ops.conv2d(x, weight, None, stride=stride, pad_mode="pad", padding=padding)
-    return y + bias.reshape(1, -1, 1, 1)
+    return ops.bias_add(ops.conv2d(x, weight, None, stride=stride, pad_mode="pad", padding=padding), bias)
 
 
 def conv2d_matmul(x, weight, bias, stride, padding):
-    """Convolution as Im2Col and one MatMul, for CPU, where MindSpore's conv
+    """Convolution as Im2Col and MatMul, for CPU, where MindSpore's conv
     kernel runs at about 0.5 GFLOP/s and MatMul at about 60."""
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
@@ -81,7 +81,17 @@ def conv2d_matmul(x, weight, bias, stride, padding):
         cols = x.reshape(n, c, h * w)
     else:
         cols = ops.unfold(x, (kh, kw), padding=padding, stride=stride)
-    return ops.matmul(weight.reshape(o, -1), cols).reshape(n, o, out_h, out_w) + bias.reshape(1, o, 1, 1)
+    weight = weight.reshape(o, -1)
+    k, length = cols.shape[1], cols.shape[2]
+    if o <= length:
+        # a batched matmul, which broadcasts the weight to every image
+        out = ops.matmul(weight, cols)
+    else:
+        # deep, small levels, where that broadcast would cost more than the
+        # product: the images side by side in one matrix instead
+        out = ops.matmul(weight, cols.transpose(1, 0, 2).reshape(k, n * length))
+        out = out.reshape(o, n, length).transpose(1, 0, 2)
+    return ops.bias_add(out.reshape(n, o, out_h, out_w), bias)
 
 
 def conv2d_kernel():
@@ -122,15 +132,7 @@ SCORES_BLOCK = 2 ** 24
 
 class BlockwiseSoftmaxAttention(nn.Cell):
     """softmax(q k^T) v over [n, length, dim] inputs, q already scaled, a block
-    of queries at a time. Its backward recomputes each block's probabilities
-    instead of keeping them, as FlashAttention does: the [lq, lk] scores never
-    exist whole, in the forward or in the backward, so they are never saved.
-
-    The backward of softmax, p * (dp - rowsum(dp * p)), is computed as
-    p * ([dout, -rowsum(dout * out)] @ [v, 1]^T): rowsum(dp * p) equals
-    rowsum(dout * out), and folding it into the matmul avoids a broadcasting
-    subtraction, which MindSpore's CPU kernels run about 13x slower than
-    same-shape arithmetic."""
+    of queries at a time, so that the [lq, lk] scores never exist whole."""
 
     def __init__(self, block=SCORES_BLOCK):
         super().__init__()
@@ -144,48 +146,67 @@ class BlockwiseSoftmaxAttention(nn.Cell):
         self.rowsum = ops.ReduceSum(keep_dims=True)
         self.ones = ops.Ones()
 
-    def _rows(self, q, k):
-        # ceil(block / (n * lk)) with no max(): a custom bprop compiles no branch
-        return 1 + (self.block - 1) // (q.shape[0] * k.shape[1])
+    def _split(self, x, k):
+        return ops.Split(1, _query_blocks(x.shape[0], x.shape[1], k.shape[1], self.block))(x)
 
     def construct(self, q, k, v):
-        rows = self._rows(q, k)
         outs = ()
         last = q
-        for start in range(0, q.shape[1], rows):
+        for block in self._split(q, k):
             # one block after the other, so that only one block of scores is alive
-            block = ops.depend(q[:, start:start + rows], last)
+            block = ops.depend(block, last)
             last = self.matmul(self.softmax(self.scores(block, k)), v)
             outs = outs + (last,)
         return self.concat_rows(outs)
 
+
+class RecomputingBlockwiseSoftmaxAttention(BlockwiseSoftmaxAttention):
+    """BlockwiseSoftmaxAttention whose backward recomputes each block's
+    probabilities instead of keeping them, as FlashAttention does: the scores
+    are never saved for the backward either.
+
+    The backward of softmax, p * (dp - rowsum(dp * p)), is computed as
+    p * ([dout, -rowsum(dout * out)] @ [v, 1]^T): rowsum(dp * p) equals
+    rowsum(dout * out), and folding it into the matmul avoids a broadcasting
+    subtraction, which MindSpore's CPU kernels run about 13x slower than
+    same-shape arithmetic."""
+
     def bprop(self, q, k, v, out, dout):
-        rows = self._rows(q, k)
         dk, dv = ops.zeros_like(k), ops.zeros_like(v)
         dq = dk
         dqs = ()
         v_ones = self.concat_cols((v, self.ones((v.shape[0], v.shape[1], 1), v.dtype)))
         dout_rowsum = self.concat_cols((dout, -self.rowsum(dout * out, -1)))
-        for start in range(0, q.shape[1], rows):
+        for block, dout_block, dout_rowsum_block in zip(self._split(q, k), self._split(dout, k),
+                                                          self._split(dout_rowsum, k)):
             # every update from the previous block first, or its probabilities stay alive
-            block = ops.depend(ops.depend(ops.depend(q[:, start:start + rows], dk), dv), dq)
+            block = ops.depend(ops.depend(ops.depend(block, dk), dv), dq)
             probs = self.softmax(self.scores(block, k))
-            dv = dv + self.matmul_ta(probs, dout[:, start:start + rows])
-            dscores = probs * self.scores(dout_rowsum[:, start:start + rows], v_ones)
+            dv = dv + self.matmul_ta(probs, dout_block)
+            dscores = probs * self.scores(dout_rowsum_block, v_ones)
             dq = self.matmul(dscores, k)
             dqs = dqs + (dq,)
             dk = dk + self.matmul_ta(dscores, block)
         return self.concat_rows(dqs), dk, dv
 
 
+@constexpr
+def _query_blocks(n, lq, lk, block):
+    """Into how many equal blocks of query rows to split: blocks of at most
+    about `block` scores (the largest divisor of lq under the bound). Evaluated
+    while compiling, so that a custom bprop, which may hold no branch, can use it."""
+    rows = max(1, block // (n * lk))
+    return next(lq // r for r in range(min(rows, lq), 0, -1) if lq % r == 0)
+
+
 class MemoryEfficientAttention(nn.Cell):
     """attention_portable's signature and numbers, in blocks of queries
-    (BlockwiseSoftmaxAttention); masked attention (the text encoder's causal
-    one, short) takes the portable path."""
+    (RecomputingBlockwiseSoftmaxAttention); masked attention (the text
+    encoder's causal one, short) takes the portable path."""
 
     def __init__(self, block=SCORES_BLOCK):
         super().__init__()
-        self.core = BlockwiseSoftmaxAttention(block)
+        self.core = RecomputingBlockwiseSoftmaxAttention(block)
 
     def construct(self, q, k, v, heads, scale, upcast, mask=None):
         if mask is not None:
