@@ -39,7 +39,7 @@ def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, p
 
 @pytest.mark.parametrize("heads,dim,lq,lk,block", [
     (2, 8, 16, 32, 32 * 2 * 2 * 5),   # at most 5 query rows a block: 4 blocks of 4
-    (3, 5, 7, 7, 10 ** 9),           # one block (the tiny model's case)
+    (3, 5, 7, 7, 10 ** 9),           # fits one block: the portable path (the tiny model's case)
     (1, 4, 6, 9, 1),                 # a block per query row
 ])
 @pytest.mark.parametrize("core", [backend.RecomputingBlockwiseSoftmaxAttention, backend.BlockwiseSoftmaxAttention])

@@ -201,18 +201,20 @@ def _query_blocks(n, lq, lk, block):
 
 class MemoryEfficientAttention(nn.Cell):
     """attention_portable's signature and numbers, in blocks of queries
-    (RecomputingBlockwiseSoftmaxAttention); masked attention (the text
-    encoder's causal one, short) takes the portable path."""
+    (RecomputingBlockwiseSoftmaxAttention). Masked attention (the text
+    encoder's causal one) and attention whose scores fit in one block take
+    the portable path: blocks would save nothing there, and each custom
+    backward adds seconds to a training graph's compile."""
 
     def __init__(self, block=SCORES_BLOCK):
         super().__init__()
         self.core = RecomputingBlockwiseSoftmaxAttention(block)
 
     def construct(self, q, k, v, heads, scale, upcast, mask=None):
-        if mask is not None:
-            return attention_portable(q, k, v, heads, scale, upcast, mask)
         b, lq, inner = q.shape
         lk = k.shape[1]
+        if mask is not None or b * heads * lq * lk <= self.core.block:
+            return attention_portable(q, k, v, heads, scale, upcast, mask)
         d = inner // heads
         dtype = q.dtype
         q = (q * scale).reshape(b, lq, heads, d).transpose(0, 2, 1, 3).reshape(b * heads, lq, d)
