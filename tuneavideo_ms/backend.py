@@ -215,15 +215,18 @@ class MemoryEfficientAttention(nn.Cell):
         lk = k.shape[1]
         if mask is not None or b * heads * lq * lk <= self.core.block:
             return attention_portable(q, k, v, heads, scale, upcast, mask)
-        d = inner // heads
         dtype = q.dtype
-        q = (q * scale).reshape(b, lq, heads, d).transpose(0, 2, 1, 3).reshape(b * heads, lq, d)
-        k = k.reshape(b, lk, heads, d).transpose(0, 2, 1, 3).reshape(b * heads, lk, d)
-        v = v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3).reshape(b * heads, lk, d)
+        q, k, v = _fold_heads(q * scale, heads), _fold_heads(k, heads), _fold_heads(v, heads)
         if upcast:
             q, k, v = q.astype(ms.float32), k.astype(ms.float32), v.astype(ms.float32)
         out = self.core(q, k, v).astype(dtype)
-        return out.reshape(b, heads, lq, d).transpose(0, 2, 1, 3).reshape(b, lq, inner)
+        return out.reshape(b, heads, lq, inner // heads).transpose(0, 2, 1, 3).reshape(b, lq, inner)
+
+
+def _fold_heads(x, heads):
+    """[b, length, heads * d] -> [b * heads, length, d]"""
+    b, length, inner = x.shape
+    return x.reshape(b, length, heads, inner // heads).transpose(0, 2, 1, 3).reshape(b * heads, length, -1)
 
 
 def _pad_heads(x, heads, pad):
