@@ -1,7 +1,8 @@
 """One sparse-causal attention on CPU, forward and backward: MindSpore's
-portable attention, this project's CPU attention (blocks of queries with a
-recomputing backward) and PyTorch's scaled_dot_product_attention, each in its
-own process (peak RSS is its VmHWM), same inputs, fp32, same thread count.
+portable attention, blocks of queries with a recomputing backward (this
+project's CPU attention without a C++ compiler), the fused C++ kernel (with
+one) and PyTorch's scaled_dot_product_attention, each in its own process (peak
+RSS is its VmHWM), same inputs, fp32, same thread count.
 
     python bench/attention.py [--threads 2] [--repeat 3] [--json out.json]
 
@@ -21,7 +22,7 @@ from unet import best_of, run_python  # noqa: E402
 
 HEADS, DIM, FRAMES, TOKENS = 8, 8, 8, 1024
 JOBS = ("forward", "forward+backward")
-KERNELS = ("torch", "portable", "blockwise")
+KERNELS = ("torch", "portable", "blockwise", "fused")
 
 
 def _inputs():
@@ -52,7 +53,11 @@ def run_mindspore(kernel, job, threads, repeat):
     backend.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
     q, k, v, w = (ms.Tensor(a) for a in _inputs())
-    attention = backend.attention_portable if kernel == "portable" else backend.MemoryEfficientAttention()
+    from tuneavideo_ms import cpu_attention
+    attention = {"portable": backend.attention_portable,
+                 "blockwise": backend.MemoryEfficientAttention(),
+                 "fused": backend.MemoryEfficientAttention(
+                     fused=cpu_attention.FusedAttention(cpu_attention.build_library()))}[kernel]
 
     def loss(q, k, v):
         return (attention(q, k, v, HEADS, DIM ** -0.5, False) * w).sum()
@@ -87,12 +92,12 @@ def main():
             results[f"{job}/{kernel}"] = _child(kernel, job, args.threads, args.repeat)
     print(f"CPU, {args.threads} threads, fp32, q [{FRAMES}, {TOKENS}, {HEADS * DIM}], k/v "
           f"[{FRAMES}, {2 * TOKENS}, {HEADS * DIM}], {HEADS} heads; best of {args.repeat} after a warm-up call\n")
-    print("| job | PyTorch SDPA | portable | blockwise (this project's CPU kernel) | blockwise / PyTorch |")
-    print("|---|---|---|---|---|")
+    print("| job | PyTorch SDPA | portable | blockwise | fused (this project's CPU kernel) | fused / PyTorch |")
+    print("|---|---|---|---|---|---|")
     for job in JOBS:
         cells = [results[f"{job}/{k}"] for k in KERNELS]
         text = [f"{r[0]:.3f} s, {r[1]:.2f} GiB" if r else "out of memory" for r in cells]
-        ratio = f"{cells[2][0] / cells[0][0]:.2f}x" if cells[0] and cells[2] else "-"
+        ratio = f"{cells[3][0] / cells[0][0]:.2f}x" if cells[0] and cells[3] else "-"
         print(f"| {job} | {' | '.join(text)} | {ratio} |")
     if args.json:
         with open(args.json, "w") as f:

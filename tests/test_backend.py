@@ -1,9 +1,11 @@
+import os
+
 import mindspore as ms
 import numpy as np
 import pytest
 
 from conftest import rel_err
-from tuneavideo_ms import backend
+from tuneavideo_ms import backend, cpu_attention
 
 
 @pytest.mark.parametrize("shape,out_channels,kernel,stride,padding", [
@@ -47,8 +49,26 @@ def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, blo
     q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32)) for n in (lq, lk, lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
     fast = backend.MemoryEfficientAttention(block)
-    fast.core = core(block)  # the second is what gradient checkpointing runs
+    fast.core = core(block)  # the second is what gradient checkpointing runs without the fused kernel
+    _assert_same_values_and_grads(fast, q, k, v, heads, dim, upstream)
 
+
+@pytest.mark.parametrize("heads,dim,lq,lk", [
+    (2, 8, 16, 32),    # fewer keys than one register tile of the kernel
+    (3, 5, 7, 130),    # two tiles and a remainder; odd head dim
+    (1, 40, 9, 77),    # SD 1.x's head dim, text-length keys (cross attention)
+])
+def test_fused_cpu_attention_equals_portable(rng, monkeypatch, heads, dim, lq, lk):
+    # these sizes would take the portable path; the kernel's edge cases are in small sizes
+    monkeypatch.setattr(backend, "FUSED_MIN_KEYS", 0)
+    monkeypatch.setattr(backend, "FUSED_MIN_SCORES", 0)
+    q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2) for n in (lq, lk, lk))
+    upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
+    fused = backend.MemoryEfficientAttention(fused=cpu_attention.FusedAttention(cpu_attention.build_library()))
+    _assert_same_values_and_grads(fused, q, k, v, heads, dim, upstream)
+
+
+def _assert_same_values_and_grads(attention, q, k, v, heads, dim, upstream):
     def grads(attention, jit):
         def loss(q, k, v):
             out = attention(q, k, v, heads, dim ** -0.5, False)
@@ -58,17 +78,33 @@ def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, blo
         return [out.asnumpy()] + [x.asnumpy() for x in g]
     expected = grads(backend.attention_portable, False)
     for jit in (False, True):
-        for got, want in zip(grads(fast, jit), expected):
+        for got, want in zip(grads(attention, jit), expected):
             assert rel_err(got, want) < 1e-5
 
 
 def test_kernel_switch(monkeypatch):
     assert backend.device() == "CPU"
     assert backend.conv2d_kernel() is backend.conv2d_matmul
-    assert isinstance(backend.attention_kernel(), backend.MemoryEfficientAttention)
+    attention = backend.attention_kernel()
+    assert isinstance(attention, backend.MemoryEfficientAttention)
+    assert isinstance(attention.fused, cpu_attention.FusedAttention)
+    # without a compiler, the blocks of MindSpore ops
+    monkeypatch.setattr(cpu_attention, "_library", {})
+    monkeypatch.setattr(cpu_attention.shutil, "which", lambda name: None)
+    assert backend.attention_kernel().fused is None
     monkeypatch.setitem(backend._state, "kernels", "portable")
     assert backend.conv2d_kernel() is backend.conv2d_portable
     assert backend.attention_kernel() is backend.attention_portable
+
+
+def test_a_failed_kernel_build_falls_back_and_leaves_no_file(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "broken.cc"
+    broken.write_text("this is not C++")
+    monkeypatch.setattr(cpu_attention, "SOURCE", str(broken))
+    monkeypatch.setattr(cpu_attention, "_library", {})
+    assert cpu_attention.build_library(str(tmp_path / "cache")) is None
+    assert "g++ failed on" in caplog.text and "broken.cc" in caplog.text
+    assert os.listdir(tmp_path / "cache") == []
 
 
 def test_setup_rejects_unknown_values(monkeypatch):

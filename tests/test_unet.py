@@ -9,6 +9,7 @@ import pytest
 
 from conftest import rel_err
 from torch_reference import SD1_CONFIG, SD2_CONFIG, VideoUNetOracle, assert_matches_torch, make_unet_2d, run_float64
+from tuneavideo_ms import backend
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.weights import read_state_dict
 
@@ -65,10 +66,16 @@ def test_config_fields_equal_diffusers(tmp_path, rng):
         assert_matches_torch(out[:, :, i], ref, sample[:, :, 0], 3, context, class_labels=labels)
 
 
-@pytest.mark.parametrize("config", [SD1_CONFIG, SD2_CONFIG], ids=["sd1", "sd2"])
-def test_tuned_video_unet_equals_torch_oracle(tmp_path, rng, config):
+@pytest.mark.parametrize("config,fused_everywhere", [(SD1_CONFIG, False), (SD2_CONFIG, True)],
+                         ids=["sd1", "sd2-fused-cpu-attention"])
+def test_tuned_video_unet_equals_torch_oracle(tmp_path, rng, monkeypatch, config, fused_everywhere):
     """A tuned UNet as the PyTorch Tune-A-Video saves it (3D config, .bin),
-    non-zero temporal weights, a moving clip: equal to the PyTorch oracle."""
+    non-zero temporal weights, a moving clip: equal to the PyTorch oracle.
+    The second runs every attention on the fused CPU kernel, which the tiny
+    sizes would otherwise leave to the portable one."""
+    if fused_everywhere:
+        monkeypatch.setattr(backend, "FUSED_MIN_KEYS", 0)
+        monkeypatch.setattr(backend, "FUSED_MIN_SCORES", 0)
     frames = 3
     oracle = VideoUNetOracle(make_unet_2d(config, seed=1), frames).eval()
     oracle.save_original_format(tmp_path / "unet")

@@ -11,6 +11,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import constexpr
 
+from tuneavideo_ms import cpu_attention
+
 logger = logging.getLogger(__name__)
 
 DEVICES = ("Ascend", "GPU", "CPU")
@@ -199,20 +201,38 @@ def _query_blocks(n, lq, lk, block):
     return next(lq // r for r in range(min(rows, lq), 0, -1) if lq % r == 0)
 
 
-class MemoryEfficientAttention(nn.Cell):
-    """attention_portable's signature and numbers, in blocks of queries
-    (RecomputingBlockwiseSoftmaxAttention). Masked attention (the text
-    encoder's causal one) and attention whose scores fit in one block take
-    the portable path: blocks would save nothing there, and each custom
-    backward adds seconds to a training graph's compile."""
+# The fused kernel's cost per query row outweighs its gain on short rows of
+# keys (temporal attention over frames: 2x slower than portable forward and
+# backward at 8 keys) and on small attention (no memory to save).
+FUSED_MIN_KEYS = 64
+FUSED_MIN_SCORES = 2 ** 20
 
-    def __init__(self, block=SCORES_BLOCK):
+
+class MemoryEfficientAttention(nn.Cell):
+    """attention_portable's signature and numbers without [lq, lk] scores in
+    memory: the fused C++ kernel (cpu_attention.FusedAttention) when given
+    one, the inputs are float32 and the attention is large, else blocks of queries
+    (RecomputingBlockwiseSoftmaxAttention). Masked attention (the text
+    encoder's causal one) takes the portable path, and so does, without the
+    fused kernel, attention whose scores fit in one block: blocks would save
+    nothing there, and each custom backward adds seconds to a training
+    graph's compile."""
+
+    def __init__(self, block=SCORES_BLOCK, fused=None):
         super().__init__()
         self.core = RecomputingBlockwiseSoftmaxAttention(block)
+        self.fused = fused
 
     def construct(self, q, k, v, heads, scale, upcast, mask=None):
         b, lq, inner = q.shape
         lk = k.shape[1]
+        d = inner // heads
+        if mask is None and self.fused is not None and q.dtype == ms.float32 and lk >= FUSED_MIN_KEYS and \
+                b * heads * lq * lk >= FUSED_MIN_SCORES:
+            # the kernel reads the heads in place: reshapes only, no transposes
+            out = self.fused((q * scale).reshape(b, lq, heads, d), k.reshape(b, lk, heads, d),
+                             v.reshape(b, lk, heads, d))
+            return out.reshape(b, lq, inner)
         if mask is not None or b * heads * lq * lk <= self.core.block:
             return attention_portable(q, k, v, heads, scale, upcast, mask)
         dtype = q.dtype
@@ -220,7 +240,7 @@ class MemoryEfficientAttention(nn.Cell):
         if upcast:
             q, k, v = q.astype(ms.float32), k.astype(ms.float32), v.astype(ms.float32)
         out = self.core(q, k, v).astype(dtype)
-        return out.reshape(b, heads, lq, inner // heads).transpose(0, 2, 1, 3).reshape(b, lq, inner)
+        return out.reshape(b, heads, lq, d).transpose(0, 2, 1, 3).reshape(b, lq, inner)
 
 
 def _fold_heads(x, heads):
@@ -267,5 +287,6 @@ def attention_kernel():
     if _state["kernels"] == "auto" and device() == "Ascend":
         return flash_attention(ops.flash_attention_score)
     if _state["kernels"] == "auto" and device() == "CPU":
-        return MemoryEfficientAttention()
+        library = cpu_attention.build_library()
+        return MemoryEfficientAttention(fused=cpu_attention.FusedAttention(library) if library else None)
     return attention_portable

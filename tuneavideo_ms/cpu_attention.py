@@ -1,0 +1,95 @@
+"""Fused scaled dot-product attention for CPU: csrc/attention_cpu.cc built
+once per machine with the host's g++ and run as MindSpore "aot" custom
+operators, forward and a FlashAttention-style backward.
+
+MindSpore has no fused attention kernel on CPU, and composing one from its
+ops makes about ten passes over every block of scores in memory; the C++
+kernel keeps one row of scores in cache instead."""
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+from mindspore import nn, ops
+
+logger = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "attention_cpu.cc")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+_library = {}
+
+
+def _cpu_model():
+    # -march=native code is only valid on the CPU it was built for
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def build_library(cache_dir=None):
+    """Compile the kernels into a shared library (cached under
+    ~/.cache/tuneavideo_ms by the hash of source, flags and CPU) and return its
+    path, or None, with the reason logged, when there is no working g++."""
+    if "path" in _library:
+        return _library["path"]
+    compiler = shutil.which("g++")
+    path = None
+    if compiler is None:
+        logger.warning("no g++ on PATH to build the CPU attention kernel: falling back to MindSpore ops (slower)")
+    else:
+        with open(SOURCE, "rb") as f:
+            key = hashlib.sha256(f.read() + " ".join(FLAGS).encode() + _cpu_model().encode()).hexdigest()[:16]
+        cache_dir = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                                              "tuneavideo_ms")
+        path = os.path.join(cache_dir, f"attention_cpu-{key}.so")
+        if not os.path.exists(path):
+            path = _compile(compiler, cache_dir, path)
+    _library["path"] = path
+    return path
+
+
+def _compile(compiler, cache_dir, path):
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        # build under a temporary name and rename: concurrent processes (one per card) never load half a file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
+    except OSError as error:
+        logger.warning("cannot write the CPU attention kernel (%s): falling back to MindSpore ops (slower)", error)
+        return None
+    os.close(fd)
+    logger.info("compiling the CPU attention kernel: %s", path)
+    result = subprocess.run([compiler, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(tmp)
+        logger.warning("g++ failed on %s, falling back to MindSpore ops (slower):\n%s", SOURCE, result.stderr)
+        return None
+    os.replace(tmp, path)
+    return path
+
+
+def _lse_shape(q, k, v):
+    return q, [q[0], q[2], q[1]]
+
+
+class FusedAttention(nn.Cell):
+    """softmax(q k^T) v over [b, length, heads, dim] inputs, q already scaled,
+    float32; the forward saves only the output and one log-sum-exp per row."""
+
+    def __init__(self, library):
+        super().__init__()
+        backward = ops.Custom(f"{library}:AttentionBackward", lambda q, k, v, o, lse, do: (q, k, v),
+                              lambda q, k, v, o, lse, do: (q, k, v), func_type="aot")
+
+        def bprop(q, k, v, out, dout):
+            return backward(q, k, v, out[0], out[1], dout[0])
+        self.forward = ops.Custom(f"{library}:AttentionForward", _lse_shape, lambda q, k, v: (q, q),
+                                  func_type="aot", bprop=bprop)
+
+    def construct(self, q, k, v):
+        return self.forward(q, k, v)[0]
+
