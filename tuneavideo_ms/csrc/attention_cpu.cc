@@ -1,6 +1,6 @@
 // Scaled dot-product attention for CPU as MindSpore "aot" custom operators:
-// one query row at a time against all keys, so that no [lq, lk] matrix exists
-// (a row of scores is a few KB and stays in cache), with the backward
+// a few query rows at a time against all keys, so that no [lq, lk] matrix
+// exists (a row of scores is a few KB and stays in cache), with the backward
 // recomputing each row's probabilities from the saved log-sum-exp, as
 // FlashAttention does. Loops run over keys so that they vectorise whatever
 // the head dim; heads are read in place from the [batch, length, heads, dim]
@@ -61,33 +61,53 @@ void scatter_transposed(const float *xt, const Shape &s, int64_t batch, int64_t 
   }
 }
 
-// out[j] = sum_d a[d] * bt[d, j] for j < n: the row of scores of one query (or of dout . v)
-void row_times(const float *a, const float *bt, int64_t dim, int64_t n, float *out) {
-  for (int64_t j0 = 0; j0 < n; j0 += kKeyTile) {
-    const int64_t len = std::min<int64_t>(kKeyTile, n - j0);
-    float acc[kKeyTile] = {};
-    for (int64_t d = 0; d < dim; ++d) {
-      const float ad = a[d], *col = bt + d * n + j0;
+constexpr int kRows = 4;  // query rows sharing each load of keys and values
+
+template <bool kFullTile>
+inline void rows_tile(const float *const *a, const float *bt, int64_t dim, int64_t n, int64_t j0, int64_t len,
+                      float *out) {
+  float acc[kRows][kKeyTile] = {};
+  for (int64_t d = 0; d < dim; ++d) {
+    const float *col = bt + d * n + j0;
+    for (int r = 0; r < kRows; ++r) {
+      const float ad = a[r][d];
 #pragma omp simd
-      for (int64_t jj = 0; jj < len; ++jj) acc[jj] += ad * col[jj];
+      for (int64_t jj = 0; jj < (kFullTile ? kKeyTile : len); ++jj) acc[r][jj] += ad * col[jj];
     }
-    std::memcpy(out + j0, acc, len * sizeof(float));
   }
+  for (int r = 0; r < kRows; ++r) std::memcpy(out + r * n + j0, acc[r], (kFullTile ? kKeyTile : len) * sizeof(float));
 }
 
-// out[d] = sum_j p[j] * bt[d, j]: probabilities times v, or dscores times k
-void weights_times(const float *p, const float *bt, int64_t dim, int64_t n, float *out) {
+// out[r, j] = sum_d a[r][d] * bt[d, j] for kRows rows a
+void rows_times(const float *const *a, const float *bt, int64_t dim, int64_t n, float *out) {
+  int64_t j0 = 0;
+  for (; j0 + kKeyTile <= n; j0 += kKeyTile) rows_tile<true>(a, bt, dim, n, j0, kKeyTile, out);
+  if (j0 < n) rows_tile<false>(a, bt, dim, n, j0, n - j0, out);
+}
+
+// out[r][d] = scale[r] * sum_j p[r, j] * bt[d, j]
+void rows_weights_times(const float *p, const float *bt, int64_t dim, int64_t n, const float *scale,
+                        float *const *out) {
+  const float *p0 = p, *p1 = p + n, *p2 = p + 2 * n, *p3 = p + 3 * n;
   for (int64_t d = 0; d < dim; ++d) {
     const float *col = bt + d * n;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n; ++j) acc += p[j] * col[j];
-    out[d] = acc;
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t j = 0; j < n; ++j) {
+      a0 += p0[j] * col[j];
+      a1 += p1[j] * col[j];
+      a2 += p2[j] * col[j];
+      a3 += p3[j] * col[j];
+    }
+    out[0][d] = a0 * scale[0];
+    out[1][d] = a1 * scale[1];
+    out[2][d] = a2 * scale[2];
+    out[3][d] = a3 * scale[3];
   }
 }
 
-// scores -> probabilities in place; returns the log-sum-exp
-float softmax_row(float *s, int64_t n) {
+// scores -> unnormalised probabilities exp(s - max) in place; returns the sum and sets the log-sum-exp
+float exp_row(float *s, int64_t n, float *lse) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
@@ -97,10 +117,8 @@ float softmax_row(float *s, int64_t n) {
     s[j] = exp_nonpositive(s[j] - m);
     sum += s[j];
   }
-  const float inv = 1.0f / sum;
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
-  return m + std::log(sum);
+  *lse = m + std::log(sum);
+  return sum;
 }
 
 int thread_count() {
@@ -111,7 +129,7 @@ int thread_count() {
 
 // per-thread buffers, allocated once per call rather than once per (batch, head)
 struct Scratch {
-  std::vector<float> kt, vt, p, ds, dkt, dvt;
+  std::vector<float> kt, vt, p, ds, dkt, dvt, spare;
 };
 
 // run fn(item, scratch) for item in [0, items) on the threads, each taking every n-th item
@@ -159,14 +177,22 @@ extern "C" int AttentionForward(int nparam, void **params, int *ndims, int64_t *
     std::vector<float> &kt = scratch.kt, &vt = scratch.vt, &p = scratch.p;
     kt.resize(s.dim * s.lk);
     vt.resize(s.dim * s.lk);
-    p.resize(s.lk);
+    p.resize(kRows * s.lk);
     gather_transposed(k, s, batch, head, s.lk, kt.data());
     gather_transposed(v, s, batch, head, s.lk, vt.data());
-    for (int64_t i = first; i < last; ++i) {
-      const int64_t at = s.at(batch, i, s.lq, head);
-      row_times(q + at, kt.data(), s.dim, s.lk, p.data());
-      lse[pair * s.lq + i] = softmax_row(p.data(), s.lk);
-      weights_times(p.data(), vt.data(), s.dim, s.lk, out + at);
+    for (int64_t i0 = first; i0 < last; i0 += kRows) {
+      const float *qr[kRows];
+      float *outr[kRows], inv[kRows], lser[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        // a last, short group repeats its last row
+        const int64_t at = s.at(batch, std::min(i0 + r, last - 1), s.lq, head);
+        qr[r] = q + at;
+        outr[r] = out + at;
+      }
+      rows_times(qr, kt.data(), s.dim, s.lk, p.data());
+      for (int r = 0; r < kRows; ++r) inv[r] = 1.0f / exp_row(p.data() + r * s.lk, s.lk, lser + r);
+      rows_weights_times(p.data(), vt.data(), s.dim, s.lk, inv, outr);
+      for (int r = 0; r < kRows && i0 + r < last; ++r) lse[pair * s.lq + i0 + r] = lser[r];
     }
   });
   return 0;
@@ -192,33 +218,49 @@ extern "C" int AttentionBackward(int nparam, void **params, int *ndims, int64_t 
                        &ds = scratch.ds;
     kt.resize(s.dim * n);
     vt.resize(s.dim * n);
-    p.resize(n);
-    ds.resize(n);
+    p.resize(kRows * n);
+    ds.resize(kRows * n);
     dkt.assign(s.dim * n, 0.0f);
     dvt.assign(s.dim * n, 0.0f);
+    scratch.spare.resize(s.dim);
     gather_transposed(k, s, batch, head, n, kt.data());
     gather_transposed(v, s, batch, head, n, vt.data());
-    for (int64_t i = 0; i < s.lq; ++i) {
-      const int64_t at = s.at(batch, i, s.lq, head);
-      const float *qi = q + at, *oi = out + at, *doi = dout + at;
-      row_times(qi, kt.data(), s.dim, n, p.data());
-      const float row_lse = lse[pair * s.lq + i];
+    const float ones[kRows] = {1.0f, 1.0f, 1.0f, 1.0f};
+    for (int64_t i0 = 0; i0 < s.lq; i0 += kRows) {
+      const float *qr[kRows], *dor[kRows];
+      float *dqr[kRows], rowsum[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t i = std::min(i0 + r, s.lq - 1), at = s.at(batch, i, s.lq, head);
+        qr[r] = q + at;
+        dor[r] = dout + at;
+        // a last, short group repeats its last row with zero probabilities, and its dq goes nowhere
+        dqr[r] = i0 + r < s.lq ? dq + at : scratch.spare.data();
+        rowsum[r] = 0.0f;
+        for (int64_t d = 0; d < s.dim; ++d) rowsum[r] += dor[r][d] * out[at + d];
+      }
+      rows_times(qr, kt.data(), s.dim, n, p.data());
+      for (int r = 0; r < kRows; ++r) {
+        float *pr = p.data() + r * n;
+        const float row_lse = i0 + r < s.lq ? lse[pair * s.lq + i0 + r] : INFINITY;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) p[j] = exp_nonpositive(p[j] - row_lse);
+        for (int64_t j = 0; j < n; ++j) pr[j] = row_lse == INFINITY ? 0.0f : exp_nonpositive(pr[j] - row_lse);
+      }
       // dscores = p * (dout . v - dout . out): softmax's backward
-      row_times(doi, vt.data(), s.dim, n, ds.data());
-      float rowsum = 0.0f;
-      for (int64_t d = 0; d < s.dim; ++d) rowsum += doi[d] * oi[d];
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - rowsum);
-      weights_times(ds.data(), kt.data(), s.dim, n, dq + at);
+      rows_times(dor, vt.data(), s.dim, n, ds.data());
+#pragma omp simd collapse(2)
+      for (int r = 0; r < kRows; ++r)
+        for (int64_t j = 0; j < n; ++j) ds[r * n + j] = p[r * n + j] * (ds[r * n + j] - rowsum[r]);
+      rows_weights_times(ds.data(), kt.data(), s.dim, n, ones, dqr);
+      const float *p0 = p.data(), *p1 = p0 + n, *p2 = p1 + n, *p3 = p2 + n;
+      const float *s0 = ds.data(), *s1 = s0 + n, *s2 = s1 + n, *s3 = s2 + n;
       for (int64_t d = 0; d < s.dim; ++d) {
-        const float qd = qi[d], dod = doi[d];
+        const float q0 = qr[0][d], q1 = qr[1][d], q2 = qr[2][d], q3 = qr[3][d];
+        const float o0 = dor[0][d], o1 = dor[1][d], o2 = dor[2][d], o3 = dor[3][d];
         float *dkd = dkt.data() + d * n, *dvd = dvt.data() + d * n;
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) {
-          dkd[j] += ds[j] * qd;
-          dvd[j] += p[j] * dod;
+          dkd[j] += s0[j] * q0 + s1[j] * q1 + s2[j] * q2 + s3[j] * q3;
+          dvd[j] += p0[j] * o0 + p1[j] * o1 + p2[j] * o2 + p3[j] * o3;
         }
       }
     }
