@@ -11,6 +11,7 @@
 // q, out, dout, dq: [b, lq, heads, dim]; k, v, dk, dv: [b, lk, heads, dim];
 // lse: [b, heads, lq]; all float32.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -132,17 +133,20 @@ struct Scratch {
   std::vector<float> kt, vt, p, ds, dkt, dvt, spare;
 };
 
-// run fn(item, scratch) for item in [0, items) on the threads, each taking every n-th item
+// run fn(item, scratch) for item in [0, items) on the threads, each taking the
+// next item when done with one: MindSpore may run other operators on the same
+// cores meanwhile, and a fixed share would wait for the most delayed thread
 template <typename Fn>
 void parallel_for(int64_t items, Fn fn) {
   const int n = static_cast<int>(std::min<int64_t>(thread_count(), items));
-  auto work = [=](int t) {
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
     Scratch scratch;
-    for (int64_t i = t; i < items; i += n) fn(i, scratch);
+    for (int64_t i = next++; i < items; i = next++) fn(i, scratch);
   };
   std::vector<std::thread> pool;
-  for (int t = 1; t < n; ++t) pool.emplace_back(work, t);
-  work(0);
+  for (int t = 1; t < n; ++t) pool.emplace_back(work);
+  work();
   for (auto &th : pool) th.join();
 }
 
