@@ -57,9 +57,10 @@ def enable_gradient_checkpointing(unet):
     gradient), recompute gives every trainable parameter its gradient."""
     for _, cell in unet.cells_and_names():
         if isinstance(cell, backend.MemoryEfficientAttention):
-            # MindSpore 2.10 finds a graph cycle in a custom backward inside a
-            # recomputed cell; recomputed, the blocks' probabilities live only
-            # during their transformer block's backward anyway
+            # MindSpore 2.10 finds a graph cycle in a cell's custom bprop inside
+            # a recomputed cell (the fused C++ kernel, a custom operator, has
+            # none); recomputed, the blocks' probabilities live only during
+            # their transformer block's backward anyway
             cell.core = backend.BlockwiseSoftmaxAttention(cell.core.block)
     for _, cell in unet.cells_and_names():
         if isinstance(cell, (Transformer3DModel, ResnetBlock3D)):
