@@ -68,20 +68,21 @@ def test_outputs_of_a_run(four_steps):
 
 
 def test_resumed_run_equals_uninterrupted_run(sd, tmp_path):
-    """20 steps straight, and a run stopped after step 10 (its folder holds only
-    checkpoint-10) resumed for 10 more: bit-identical weights and optimizer state."""
+    """4 steps straight, and a run stopped after step 2 (its folder holds only
+    checkpoint-2) resumed for 2 more: bit-identical weights and optimizer state.
+    PyNative: resuming does not depend on the mode, and two graph compiles
+    would cost two minutes (the four_steps fixture trains in graph mode)."""
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    common = ("gradient_checkpointing=False", "learning_rate=1e-3", "checkpointing_steps=10")
-    training.main(_config(sd, straight, "max_train_steps=20", *common))
-    shutil.copytree(os.path.join(straight, "checkpoint-10"), os.path.join(resumed, "checkpoint-10"))
-    training.main(_config(sd, resumed, "max_train_steps=20", "resume_from_checkpoint=latest", *common))
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+    common = ("gradient_checkpointing=False", "learning_rate=1e-3", "checkpointing_steps=2", "mode=pynative")
+    training.main(_config(sd, straight, "max_train_steps=4", *common))
+    shutil.copytree(os.path.join(straight, "checkpoint-2"), os.path.join(resumed, "checkpoint-2"))
+    training.main(_config(sd, resumed, "max_train_steps=4", "resume_from_checkpoint=latest", *common))
     a, b = _weights(straight), _weights(resumed)
     assert all(np.array_equal(a[n], b[n]) for n in a)
-    first_half = read_state_dict(os.path.join(straight, "checkpoint-10", "trainable.safetensors"))
+    first_half = read_state_dict(os.path.join(straight, "checkpoint-2", "trainable.safetensors"))
     assert not all(np.array_equal(a[n], first_half[n]) for n in first_half)  # the second half did train
-    opt_a = read_state_dict(os.path.join(straight, "checkpoint-20", "optimizer.safetensors"))
-    opt_b = read_state_dict(os.path.join(resumed, "checkpoint-20", "optimizer.safetensors"))
+    opt_a = read_state_dict(os.path.join(straight, "checkpoint-4", "optimizer.safetensors"))
+    opt_b = read_state_dict(os.path.join(resumed, "checkpoint-4", "optimizer.safetensors"))
     assert all(np.array_equal(opt_a[n], opt_b[n]) for n in opt_a)
     assert "resumed from" in open(os.path.join(resumed, "train.log")).read()
 
@@ -122,28 +123,27 @@ def test_gradient_checkpointing_keeps_every_gradient(sd, monkeypatch):
     """Recompute gives every trainable tensor its gradient, equal to the plain
     backward (the original's reentrant checkpointing drops a third of them).
     Every attention runs the fused CPU kernel and its custom backward, which
-    the tiny sizes would otherwise leave to the portable one."""
+    the tiny sizes would otherwise leave to the portable one. The plain
+    backward runs in PyNative, the recomputed one compiled, as training runs
+    it (one graph compile instead of two)."""
     from tuneavideo_ms import backend
     monkeypatch.setattr(backend, "FUSED_MIN_KEYS", 0)
     monkeypatch.setattr(backend, "FUSED_MIN_SCORES", 0)
-    backend.setup("CPU", "graph")
-    try:
-        rng = np.random.default_rng(0)
-        sample = ms.Tensor(rng.standard_normal((1, 4, 3, 16, 16), dtype=np.float32))
-        context = ms.Tensor(rng.standard_normal((1, 77, 32), dtype=np.float32))
-        t = ms.Tensor(np.array([500.0], np.float32))
-        grads = []
-        for recompute in (False, True):
-            unet = UNet3DConditionModel.from_pretrained_2d(sd, subfolder="unet")
-            params = training.trainable_parameters(unet, ["attn1.to_q", "attn2.to_q", "attn_temp"])
-            if recompute:
-                training.enable_gradient_checkpointing(unet)
+    rng = np.random.default_rng(0)
+    sample = ms.Tensor(rng.standard_normal((1, 4, 3, 16, 16), dtype=np.float32))
+    context = ms.Tensor(rng.standard_normal((1, 77, 32), dtype=np.float32))
+    t = ms.Tensor(np.array([500.0], np.float32))
+    grads = []
+    for recompute in (False, True):
+        unet = UNet3DConditionModel.from_pretrained_2d(sd, subfolder="unet")
+        params = training.trainable_parameters(unet, ["attn1.to_q", "attn2.to_q", "attn_temp"])
+        if recompute:
+            training.enable_gradient_checkpointing(unet)
 
-            def loss(x):
-                return (unet(x, t, context) ** 2).mean()
-            grads.append([g.asnumpy() for g in ms.jit(ms.grad(loss, None, params))(sample)])
-    finally:
-        backend.setup("CPU", "pynative")
+        def loss(x):
+            return (unet(x, t, context) ** 2).mean()
+        fn = ms.grad(loss, None, params)
+        grads.append([g.asnumpy() for g in (ms.jit(fn) if recompute else fn)(sample)])
     plain, recomputed = grads
     assert len(plain) == len(params) == 112
     # attn_temp's q/k/v see no gradient through a zero output projection at the start; everything else does
