@@ -63,6 +63,7 @@ void scatter_transposed(const float *xt, const Shape &s, int64_t batch, int64_t 
 }
 
 constexpr int kRows = 4;  // query rows sharing each load of keys and values
+static_assert(kRows == 4, "rows_weights_times and the backward's dk/dv update spell out four rows");
 
 template <bool kFullTile>
 inline void rows_tile(const float *const *a, const float *bt, int64_t dim, int64_t n, int64_t j0, int64_t len,
@@ -134,8 +135,9 @@ struct Scratch {
 };
 
 // run fn(item, scratch) for item in [0, items) on the threads, each taking the
-// next item when done with one: MindSpore may run other operators on the same
-// cores meanwhile, and a fixed share would wait for the most delayed thread
+// next item when done with one: MindSpore's own threads share the cores (its
+// launching thread used about half a core throughout a mid training step), and
+// a fixed share would wait for the most delayed thread
 template <typename Fn>
 void parallel_for(int64_t items, Fn fn) {
   const int n = static_cast<int>(std::min<int64_t>(thread_count(), items));
