@@ -56,8 +56,7 @@ def run_mindspore(kernel, job, threads, repeat):
     from tuneavideo_ms import cpu_attention
     attention = {"portable": backend.attention_portable,
                  "blockwise": backend.MemoryEfficientAttention(),
-                 "fused": backend.MemoryEfficientAttention(
-                     fused=cpu_attention.FusedAttention(cpu_attention.build_library()))}[kernel]
+                 "fused": backend.MemoryEfficientAttention(fused=cpu_attention.fused_attention())}[kernel]
 
     def loss(q, k, v):
         return (attention(q, k, v, HEADS, DIM ** -0.5, False) * w).sum()

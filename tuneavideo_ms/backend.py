@@ -292,6 +292,5 @@ def attention_kernel():
     if _state["kernels"] == "auto" and device() == "Ascend":
         return flash_attention(ops.flash_attention_score)
     if _state["kernels"] == "auto" and device() == "CPU":
-        library = cpu_attention.build_library()
-        return MemoryEfficientAttention(fused=cpu_attention.FusedAttention(library) if library else None)
+        return MemoryEfficientAttention(fused=cpu_attention.fused_attention())
     return attention_portable

@@ -4,7 +4,7 @@ operators, forward and a FlashAttention-style backward.
 
 MindSpore has no fused attention kernel on CPU, and composing one from its
 ops makes about ten passes over every block of scores in memory; the C++
-kernel keeps one row of scores in cache instead."""
+kernel keeps a few rows of scores in cache instead."""
 import hashlib
 import logging
 import os
@@ -93,3 +93,8 @@ class FusedAttention(nn.Cell):
     def construct(self, q, k, v):
         return self.forward(q, k, v)[0]
 
+
+def fused_attention():
+    """A FusedAttention on the built library, or None when it cannot be built."""
+    library = build_library()
+    return FusedAttention(library) if library else None
