@@ -49,11 +49,11 @@ def run_torch(job, threads, repeat):
 
 def run_mindspore(kernel, job, threads, repeat):
     import mindspore as ms
-    from tuneavideo_ms import backend
+    from tuneavideo_ms import backend, cpu_attention
     backend.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
+    cpu_attention.set_threads(threads)
     q, k, v, w = (ms.Tensor(a) for a in _inputs())
-    from tuneavideo_ms import cpu_attention
     attention = {"portable": backend.attention_portable,
                  "blockwise": backend.MemoryEfficientAttention(),
                  "fused": backend.MemoryEfficientAttention(fused=cpu_attention.fused_attention())}[kernel]

@@ -53,15 +53,22 @@ def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, blo
     _assert_same_values_and_grads(fast, q, k, v, heads, dim, upstream)
 
 
-@pytest.mark.parametrize("heads,dim,lq,lk", [
-    (2, 8, 16, 32),    # fewer keys than one register tile of the kernel
-    (3, 5, 7, 130),    # two tiles and a remainder; odd head dim
-    (1, 40, 9, 77),    # SD 1.x's head dim, text-length keys (cross attention)
+@pytest.fixture
+def kernel_threads():
+    yield cpu_attention.set_threads
+    cpu_attention.set_threads(0)
+
+
+@pytest.mark.parametrize("heads,dim,lq,lk,threads", [
+    (2, 8, 16, 32, 1),    # fewer keys than one register tile of the kernel; one thread
+    (3, 5, 7, 130, 5),    # two tiles and a remainder; odd head dim; more threads than (batch, head) items
+    (1, 40, 9, 77, 0),    # SD 1.x's head dim, text-length keys (cross attention); every CPU
 ])
-def test_fused_cpu_attention_equals_portable(rng, monkeypatch, heads, dim, lq, lk):
+def test_fused_cpu_attention_equals_portable(rng, monkeypatch, kernel_threads, heads, dim, lq, lk, threads):
     # these sizes would take the portable path; the kernel's edge cases are in small sizes
     monkeypatch.setattr(backend, "FUSED_MIN_KEYS", 0)
     monkeypatch.setattr(backend, "FUSED_MIN_SCORES", 0)
+    kernel_threads(threads)
     q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2) for n in (lq, lk, lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
     fused = backend.MemoryEfficientAttention(fused=cpu_attention.fused_attention())

@@ -5,6 +5,7 @@ operators, forward and a FlashAttention-style backward.
 MindSpore has no fused attention kernel on CPU, and composing one from its
 ops makes about ten passes over every block of scores in memory; the C++
 kernel keeps a few rows of scores in cache instead."""
+import ctypes
 import hashlib
 import logging
 import os
@@ -92,6 +93,15 @@ class FusedAttention(nn.Cell):
 
     def construct(self, q, k, v):
         return self.forward(q, k, v)[0]
+
+
+def set_threads(count):
+    """Pin the kernels to `count` threads (0: every CPU the process may run
+    on, the default). OMP_NUM_THREADS does not apply: MindSpore sets it to 1
+    in its own process."""
+    library = build_library()
+    if library:
+        ctypes.CDLL(library).SetThreads(int(count))
 
 
 def fused_attention():

@@ -14,8 +14,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
+#include <sched.h>
 #include <thread>
 #include <vector>
 
@@ -123,9 +123,15 @@ float exp_row(float *s, int64_t n, float *lse) {
   return sum;
 }
 
+// 0: every CPU this process may run on. Not OMP_NUM_THREADS: MindSpore sets
+// that to 1 in its process when it is unset, for its own kernels.
+std::atomic<int> threads{0};
+
 int thread_count() {
-  const char *env = std::getenv("OMP_NUM_THREADS");
-  int n = env ? std::atoi(env) : static_cast<int>(std::thread::hardware_concurrency());
+  int n = threads.load();
+  cpu_set_t cpus;
+  if (n <= 0 && sched_getaffinity(0, sizeof(cpus), &cpus) == 0) n = CPU_COUNT(&cpus);
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
   return n > 0 ? n : 1;
 }
 
@@ -275,3 +281,6 @@ extern "C" int AttentionBackward(int nparam, void **params, int *ndims, int64_t 
   });
   return 0;
 }
+
+// threads for the kernels; 0 for every CPU the process may run on
+extern "C" void SetThreads(int n) { threads = n; }

@@ -174,7 +174,10 @@ class PointwiseConv(nn.Cell):
         super().__init__()
         self.weight, self.bias = conv_parameters(in_channels, out_channels, 1)
         self.out_channels = out_channels
+        self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
+        n, length, c = x.shape
         w = self.weight.reshape(self.out_channels, -1).astype(x.dtype)
-        return ops.matmul(x, w.T) + self.bias.astype(x.dtype)
+        out = ops.bias_add(self.matmul(x.reshape(n * length, c), w), self.bias.astype(x.dtype))
+        return out.reshape(n, length, self.out_channels)
