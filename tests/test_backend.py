@@ -108,7 +108,7 @@ def test_kernel_switch(monkeypatch):
 def test_a_failed_kernel_build_falls_back_and_leaves_no_file(tmp_path, monkeypatch, caplog):
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++")
-    monkeypatch.setattr(cpu_attention, "SOURCE", str(broken))
+    monkeypatch.setattr(cpu_attention, "SOURCES", [str(broken)])
     monkeypatch.setattr(cpu_attention, "_library", {})
     assert cpu_attention.build_library(str(tmp_path / "cache")) is None
     assert "g++ failed on" in caplog.text and "broken.cc" in caplog.text

@@ -42,6 +42,9 @@ def setup(device=None, mode="graph", kernels=None):
     ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     _state.update(device=device, mode=mode, kernels=kernels)
+    global _swap_axes
+    library = cpu_attention.build_library() if device == "CPU" and kernels == "auto" else None
+    _swap_axes = cpu_attention.swap_axes_op(library) if library else None
     logger.info("backend: device=%s mode=%s kernels=%s", device, mode, kernels)
     return device
 
@@ -69,6 +72,20 @@ def check_dtype(dtype):
     """bf16 matmuls have no CPU kernel in MindSpore 2.10; say so up front."""
     if dtype == ms.bfloat16 and device() == "CPU":
         raise ValueError("bf16 needs an Ascend device: MindSpore has no bf16 MatMul kernel on CPU; use fp32 or fp16")
+
+
+# ----------------------------------------------------------------------------- transposes
+
+_swap_axes = None  # the CPU kernel, set by setup()
+
+
+def swap_axes_1_2(x):
+    """[A, B, C, D] -> [A, C, B, D]: every transpose of the video UNet, once
+    reshaped. On CPU a C++ kernel: MindSpore's CPU Transpose holds twice its
+    output's size for as long as its graph lives (a mid training step: GBs)."""
+    if _swap_axes is not None and x.dtype == ms.float32:
+        return _swap_axes(x)
+    return x.transpose(0, 2, 1, 3)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -103,8 +120,8 @@ def conv2d_matmul(x, weight, bias, stride, padding):
     else:
         # deep, small levels, where that broadcast would cost more than the
         # product: the images side by side in one matrix instead
-        out = _matmul(weight, cols.transpose(1, 0, 2).reshape(k, n * length))
-        out = out.reshape(o, n, length).transpose(1, 0, 2)
+        out = _matmul(weight, swap_axes_1_2(cols.reshape(1, n, k, length)).reshape(k, n * length))
+        out = swap_axes_1_2(out.reshape(1, o, n, length))
     return ops.bias_add(out.reshape(n, o, out_h, out_w), bias)
 
 
@@ -121,9 +138,9 @@ def attention_portable(q, k, v, heads, scale, upcast, mask=None):
     lk = k.shape[1]
     d = inner // heads
     dtype = q.dtype
-    q = q.reshape(b, lq, heads, d).transpose(0, 2, 1, 3)
-    k = k.reshape(b, lk, heads, d).transpose(0, 2, 3, 1)
-    v = v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
+    q = swap_axes_1_2(q.reshape(b, lq, heads, d))
+    k = swap_axes_1_2(k.reshape(b, lk, inner, 1)).reshape(b, heads, d, lk)
+    v = swap_axes_1_2(v.reshape(b, lk, heads, d))
     if upcast:
         q, k = q.astype(ms.float32), k.astype(ms.float32)
     # the scale goes on q, and fp32 scores are not cast: each [lq, lk] tensor
@@ -136,7 +153,7 @@ def attention_portable(q, k, v, heads, scale, upcast, mask=None):
     else:
         probs = ops.softmax(scores.astype(ms.float32), axis=-1)
     out = ops.matmul(probs.astype(dtype), v)
-    return out.transpose(0, 2, 1, 3).reshape(b, lq, inner)
+    return swap_axes_1_2(out).reshape(b, lq, inner)
 
 
 # about 64 MB of fp32 scores per block of queries: big enough that MindSpore's
@@ -252,13 +269,13 @@ class MemoryEfficientAttention(nn.Cell):
         if upcast:
             q, k, v = q.astype(ms.float32), k.astype(ms.float32), v.astype(ms.float32)
         out = self.core(q, k, v).astype(dtype)
-        return out.reshape(b, heads, lq, d).transpose(0, 2, 1, 3).reshape(b, lq, inner)
+        return swap_axes_1_2(out.reshape(b, heads, lq, d)).reshape(b, lq, inner)
 
 
 def _fold_heads(x, heads):
     """[b, length, heads * d] -> [b * heads, length, d]"""
     b, length, inner = x.shape
-    return x.reshape(b, length, heads, inner // heads).transpose(0, 2, 1, 3).reshape(b * heads, length, -1)
+    return swap_axes_1_2(x.reshape(b, length, heads, inner // heads)).reshape(b * heads, length, -1)
 
 
 def _pad_heads(x, heads, pad):

@@ -1,6 +1,7 @@
-"""Fused scaled dot-product attention for CPU: csrc/attention_cpu.cc built
-once per machine with the host's g++ and run as MindSpore "aot" custom
-operators, forward and a FlashAttention-style backward.
+"""C++ kernels for CPU, built once per machine with the host's g++ and run as
+MindSpore "aot" custom operators: fused scaled dot-product attention
+(csrc/attention_cpu.cc), forward and a FlashAttention-style backward, and the
+transpose of the video UNet (csrc/swap_axes_cpu.cc).
 
 MindSpore has no fused attention kernel on CPU, and composing one from its
 ops makes about ten passes over every block of scores in memory; the C++
@@ -18,7 +19,8 @@ from mindspore import nn, ops
 
 logger = logging.getLogger(__name__)
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "attention_cpu.cc")
+SOURCES = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", name)
+           for name in ("attention_cpu.cc", "swap_axes_cpu.cc")]
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _library = {}
 
@@ -43,8 +45,11 @@ def build_library(cache_dir=None):
     if compiler is None:
         logger.warning("no g++ on PATH to build the CPU attention kernel: falling back to MindSpore ops (slower)")
     else:
-        with open(SOURCE, "rb") as f:
-            key = hashlib.sha256(f.read() + " ".join(FLAGS).encode() + _cpu_model().encode()).hexdigest()[:16]
+        digest = hashlib.sha256(" ".join(FLAGS).encode() + _cpu_model().encode())
+        for source in SOURCES:
+            with open(source, "rb") as f:
+                digest.update(f.read())
+        key = digest.hexdigest()[:16]
         cache_dir = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
                                               "tuneavideo_ms")
         path = os.path.join(cache_dir, f"attention_cpu-{key}.so")
@@ -64,10 +69,10 @@ def _compile(compiler, cache_dir, path):
         return None
     os.close(fd)
     logger.info("compiling the CPU attention kernel: %s", path)
-    result = subprocess.run([compiler, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True)
+    result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
-        logger.warning("g++ failed on %s, falling back to MindSpore ops (slower):\n%s", SOURCE, result.stderr)
+        logger.warning("g++ failed on %s, falling back to MindSpore ops (slower):\n%s", SOURCES, result.stderr)
         return None
     os.replace(tmp, path)
     return path
@@ -93,6 +98,19 @@ class FusedAttention(nn.Cell):
 
     def construct(self, q, k, v):
         return self.forward(q, k, v)[0]
+
+
+def _swapped_shape(shape):
+    return [shape[0], shape[2], shape[1], shape[3]]
+
+
+def swap_axes_op(library):
+    """[A, B, C, D] -> [A, C, B, D] for float32, its backward the same swap."""
+    backward = ops.Custom(f"{library}:SwapAxes12", _swapped_shape, lambda dtype: dtype, func_type="aot")
+
+    def bprop(x, out, dout):
+        return (backward(dout),)
+    return ops.Custom(f"{library}:SwapAxes12", _swapped_shape, lambda dtype: dtype, func_type="aot", bprop=bprop)
 
 
 def set_threads(count):

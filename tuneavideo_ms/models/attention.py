@@ -122,9 +122,9 @@ class BasicTransformerBlock(nn.Cell):
         """Attention over the frames at each spatial position: (b f) d c -> (b d) f c."""
         bf, d, c = hidden_states.shape
         b = bf // video_length
-        x = hidden_states.reshape(b, video_length, d, c).transpose(0, 2, 1, 3).reshape(b * d, video_length, c)
+        x = backend.swap_axes_1_2(hidden_states.reshape(b, video_length, d, c)).reshape(b * d, video_length, c)
         x = self.attn_temp(self.norm_temp(x)) + x
-        return x.reshape(b, d, video_length, c).transpose(0, 2, 1, 3).reshape(bf, d, c)
+        return backend.swap_axes_1_2(x.reshape(b, d, video_length, c)).reshape(bf, d, c)
 
 
 class Transformer3DModel(nn.Cell):
@@ -153,18 +153,18 @@ class Transformer3DModel(nn.Cell):
 
     def construct(self, hidden_states, encoder_hidden_states):
         b, c, f, h, w = hidden_states.shape
-        x = hidden_states.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        x = backend.swap_axes_1_2(hidden_states.reshape(b, c, f, h * w)).reshape(b * f, c, h, w)
         n, ctx_dim = encoder_hidden_states.shape[1], encoder_hidden_states.shape[2]
         context = ops.broadcast_to(encoder_hidden_states.reshape(b, 1, n, ctx_dim), (b, f, n, ctx_dim))
         context = context.reshape(b * f, n, ctx_dim)
         residual = x
-        x = self.norm(x).reshape(b * f, c, h * w).transpose(0, 2, 1)
+        x = backend.swap_axes_1_2(self.norm(x).reshape(b * f, c, h * w, 1)).reshape(b * f, h * w, c)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x, context, f)
         x = self.proj_out(x)
-        x = x.transpose(0, 2, 1).reshape(b * f, c, h, w) + residual
-        return x.reshape(b, f, c, h, w).transpose(0, 2, 1, 3, 4)
+        x = backend.swap_axes_1_2(x.reshape(b * f, h * w, c, 1)).reshape(b * f, c, h, w) + residual
+        return backend.swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
 
 
 class PointwiseConv(nn.Cell):

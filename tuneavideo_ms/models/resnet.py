@@ -33,10 +33,10 @@ class InflatedConv3d(nn.Cell):
 
     def construct(self, x):
         b, c, f, h, w = x.shape
-        x = x.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        x = backend.swap_axes_1_2(x.reshape(b, c, f, h * w)).reshape(b * f, c, h, w)
         x = self.conv2d(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype), self.stride, self.padding)
         _, c, h, w = x.shape
-        return x.reshape(b, f, c, h, w).transpose(0, 2, 1, 3, 4)
+        return backend.swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
 
 
 class Upsample3D(nn.Cell):

@@ -6,6 +6,7 @@ is per image, as in the 2D VAE).
 """
 from mindspore import nn, ops
 
+from .. import backend
 from .attention import CrossAttention
 from .modeling import Config, ModelMixin
 from .normalization import GroupNorm
@@ -27,9 +28,9 @@ class VAEAttention(CrossAttention):
 
     def construct(self, x):
         n, c, f, h, w = x.shape
-        tokens = self.group_norm(x).reshape(n, c, f * h * w).transpose(0, 2, 1)
+        tokens = backend.swap_axes_1_2(self.group_norm(x).reshape(n, c, f * h * w, 1)).reshape(n, f * h * w, c)
         out = super().construct(tokens)
-        return out.transpose(0, 2, 1).reshape(n, c, f, h, w) + x
+        return backend.swap_axes_1_2(out.reshape(n, f * h * w, c, 1)).reshape(n, c, f, h, w) + x
 
 
 class MidBlock(nn.Cell):
