@@ -90,9 +90,27 @@ def _assert_same_values_and_grads(attention, q, k, v, heads, dim, upstream):
             assert rel_err(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(2, 37, 45, 3), (3, 64, 130, 1), (1, 5, 2, 70)])
+def test_swap_axes_kernel_equals_transpose(rng, shape):
+    assert backend._swap_axes is not None, "the kernel did not build (see the log)"
+    x = ms.Tensor(rng.standard_normal(shape, dtype=np.float32))
+    upstream = rng.standard_normal((shape[0], shape[2], shape[1], shape[3]), dtype=np.float32)
+    expected = x.asnumpy().transpose(0, 2, 1, 3)
+
+    def loss(x):
+        out = backend.swap_axes_1_2(x)
+        return (out * ms.Tensor(upstream)).sum(), out
+    for fn in (ms.value_and_grad(loss, has_aux=True), ms.jit(ms.value_and_grad(loss, has_aux=True))):
+        (_, out), grad = fn(x)
+        # a copy: exactly equal
+        assert np.array_equal(out.asnumpy(), expected)
+        assert np.array_equal(grad.asnumpy(), upstream.transpose(0, 2, 1, 3))
+
+
 def test_kernel_switch(monkeypatch):
     assert backend.device() == "CPU"
     assert backend.conv2d_kernel() is backend.conv2d_matmul
+    assert backend._swap_axes is not None
     attention = backend.attention_kernel()
     assert isinstance(attention, backend.MemoryEfficientAttention)
     assert isinstance(attention.fused, cpu_attention.FusedAttention)
@@ -103,6 +121,16 @@ def test_kernel_switch(monkeypatch):
     monkeypatch.setitem(backend._state, "kernels", "portable")
     assert backend.conv2d_kernel() is backend.conv2d_portable
     assert backend.attention_kernel() is backend.attention_portable
+
+
+def test_portable_kernels_transpose_with_mindspore():
+    backend.setup("CPU", backend._state["mode"], kernels="portable")
+    try:
+        assert backend._swap_axes is None
+        x = ms.Tensor(np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4))
+        assert np.array_equal(backend.swap_axes_1_2(x).asnumpy(), x.asnumpy().transpose(0, 2, 1, 3))
+    finally:
+        backend.setup("CPU", backend._state["mode"])
 
 
 def test_a_failed_kernel_build_falls_back_and_leaves_no_file(tmp_path, monkeypatch, caplog):
