@@ -90,11 +90,12 @@ def _assert_same_values_and_grads(attention, q, k, v, heads, dim, upstream):
             assert rel_err(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("shape", [(2, 37, 45, 3), (3, 64, 130, 1), (1, 5, 2, 70)])
-def test_swap_axes_kernel_equals_transpose(rng, shape):
+@pytest.mark.parametrize("shape,dtype", [((2, 37, 45, 3), np.float32), ((3, 64, 130, 1), np.float32),
+                                         ((1, 5, 2, 70), np.float32), ((2, 37, 45, 3), np.float16)])
+def test_swap_axes_kernel_equals_transpose(rng, shape, dtype):
     assert backend._swap_axes is not None, "the kernel did not build (see the log)"
-    x = ms.Tensor(rng.standard_normal(shape, dtype=np.float32))
-    upstream = rng.standard_normal((shape[0], shape[2], shape[1], shape[3]), dtype=np.float32)
+    x = ms.Tensor(rng.standard_normal(shape).astype(dtype))
+    upstream = rng.standard_normal((shape[0], shape[2], shape[1], shape[3])).astype(dtype)
     expected = x.asnumpy().transpose(0, 2, 1, 3)
 
     def loss(x):

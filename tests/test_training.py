@@ -185,6 +185,33 @@ def test_lr_schedules_equal_diffusers(name):
         reference.step()
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_adamw_equals_torch(rng, jit):
+    """Five steps of our AdamW and torch.optim.AdamW on the same gradients,
+    the fourth skipped (update False) on our side and not taken on torch's."""
+    import torch
+    from tuneavideo_ms.optim import AdamW
+    values = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    ours = ms.Parameter(ms.Tensor(values), name="w")
+    theirs = torch.nn.Parameter(torch.from_numpy(values.copy()))
+    optimizer = AdamW([ours], weight_decay=0.05)
+    reference = torch.optim.AdamW([theirs], lr=0.1, weight_decay=0.05)
+
+    def step(grad, lr, update):
+        return optimizer((grad,), lr, update)
+    step = ms.jit(step) if jit else step
+    for k in range(5):
+        grad = rng.standard_normal(values.shape).astype(np.float32) * 10 ** (k - 2)
+        step(ms.Tensor(grad), ms.Tensor(0.1, ms.float32), ms.Tensor(k != 3))
+        if k != 3:
+            theirs.grad = torch.from_numpy(grad)
+            reference.step()
+        assert rel_err(ours.asnumpy(), theirs.detach().numpy()) < 1e-6, k
+    moments = reference.state[theirs]
+    assert rel_err(optimizer.exp_avg_sq[0].asnumpy(), moments["exp_avg_sq"].numpy()) < 1e-6
+    assert int(optimizer.step.asnumpy()) == 4
+
+
 def test_gradient_accumulation_equals_the_larger_batch(rng):
     """Two micro-batches of one sample take the same AdamW step as one batch of two."""
     from mindspore import nn

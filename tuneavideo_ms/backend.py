@@ -83,7 +83,7 @@ def swap_axes_1_2(x):
     """[A, B, C, D] -> [A, C, B, D]: every transpose of the video UNet, once
     reshaped. On CPU a C++ kernel: MindSpore's CPU Transpose holds twice its
     output's size for as long as its graph lives (a mid training step: GBs)."""
-    if _swap_axes is not None and x.dtype == ms.float32:
+    if _swap_axes is not None:
         return _swap_axes(x)
     return x.transpose(0, 2, 1, 3)
 

@@ -105,7 +105,7 @@ def _swapped_shape(shape):
 
 
 def swap_axes_op(library):
-    """[A, B, C, D] -> [A, C, B, D] for float32, its backward the same swap."""
+    """[A, B, C, D] -> [A, C, B, D], its backward the same swap."""
     backward = ops.Custom(f"{library}:SwapAxes12", _swapped_shape, lambda dtype: dtype, func_type="aot")
 
     def bprop(x, out, dout):
