@@ -185,6 +185,20 @@ def test_lr_schedules_equal_diffusers(name):
         reference.step()
 
 
+@pytest.mark.parametrize("scale", [0.01, 10.0])
+def test_gradient_clipping_equals_torch(rng, scale):
+    import torch
+    grads = [rng.standard_normal(shape).astype(np.float32) * scale for shape in ((3, 4), (5,))]
+    params = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    clip = ms.jit(training.clip_grad_norm)
+    for fn in (training.clip_grad_norm, clip):
+        for ours, p in zip(fn(tuple(ms.Tensor(g) for g in grads), 1.0), params):
+            assert rel_err(ours.asnumpy(), p.grad.numpy()) < 1e-6
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_adamw_equals_torch(rng, jit):
     """Five steps of our AdamW and torch.optim.AdamW on the same gradients,
