@@ -43,7 +43,8 @@ def build_library(cache_dir=None):
     compiler = shutil.which("g++")
     path = None
     if compiler is None:
-        logger.warning("no g++ on PATH to build the CPU attention kernel: falling back to MindSpore ops (slower)")
+        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes): "
+                       "falling back to MindSpore ops (slower)")
     else:
         digest = hashlib.sha256(" ".join(FLAGS).encode() + _cpu_model().encode())
         for source in SOURCES:
@@ -65,10 +66,10 @@ def _compile(compiler, cache_dir, path):
         # build under a temporary name and rename: concurrent processes (one per card) never load half a file
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
     except OSError as error:
-        logger.warning("cannot write the CPU attention kernel (%s): falling back to MindSpore ops (slower)", error)
+        logger.warning("cannot write the CPU kernels (%s): falling back to MindSpore ops (slower)", error)
         return None
     os.close(fd)
-    logger.info("compiling the CPU attention kernel: %s", path)
+    logger.info("compiling the CPU kernels (attention, transposes): %s", path)
     result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
