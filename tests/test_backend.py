@@ -63,6 +63,7 @@ def kernel_threads():
     (2, 8, 16, 32, 1),    # fewer keys than one register tile of the kernel; one thread
     (3, 5, 7, 130, 5),    # two tiles and a remainder; odd head dim; more threads than (batch, head) items
     (1, 40, 9, 77, 0),    # SD 1.x's head dim, text-length keys (cross attention); every CPU
+    (1, 64, 6, 600, 2),   # the backward's keys in three chunks (256, 256, 88)
 ])
 def test_fused_cpu_attention_equals_portable(rng, monkeypatch, kernel_threads, heads, dim, lq, lk, threads):
     # these sizes would take the portable path; the kernel's edge cases are in small sizes

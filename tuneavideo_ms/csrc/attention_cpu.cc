@@ -66,33 +66,36 @@ constexpr int kRows = 4;  // query rows sharing each load of keys and values
 static_assert(kRows == 4, "rows_weights_times and the backward's dk/dv update spell out four rows");
 
 template <bool kFullTile>
-inline void rows_tile(const float *const *a, const float *bt, int64_t dim, int64_t n, int64_t j0, int64_t len,
-                      float *out) {
+inline void rows_tile(const float *const *a, const float *bt, int64_t ldb, int64_t dim, int64_t j0, int64_t len,
+                      float *out, int64_t ldo) {
   float acc[kRows][kKeyTile] = {};
   for (int64_t d = 0; d < dim; ++d) {
-    const float *col = bt + d * n + j0;
+    const float *col = bt + d * ldb + j0;
     for (int r = 0; r < kRows; ++r) {
       const float ad = a[r][d];
 #pragma omp simd
       for (int64_t jj = 0; jj < (kFullTile ? kKeyTile : len); ++jj) acc[r][jj] += ad * col[jj];
     }
   }
-  for (int r = 0; r < kRows; ++r) std::memcpy(out + r * n + j0, acc[r], (kFullTile ? kKeyTile : len) * sizeof(float));
+  for (int r = 0; r < kRows; ++r)
+    std::memcpy(out + r * ldo + j0, acc[r], (kFullTile ? kKeyTile : len) * sizeof(float));
 }
 
-// out[r, j] = sum_d a[r][d] * bt[d, j] for kRows rows a
-void rows_times(const float *const *a, const float *bt, int64_t dim, int64_t n, float *out) {
+// out[r, j] = sum_d a[r][d] * bt[d, j] for kRows rows a and n columns j of bt, whose rows are ldb apart
+void rows_times(const float *const *a, const float *bt, int64_t ldb, int64_t dim, int64_t n, float *out,
+                int64_t ldo) {
   int64_t j0 = 0;
-  for (; j0 + kKeyTile <= n; j0 += kKeyTile) rows_tile<true>(a, bt, dim, n, j0, kKeyTile, out);
-  if (j0 < n) rows_tile<false>(a, bt, dim, n, j0, n - j0, out);
+  for (; j0 + kKeyTile <= n; j0 += kKeyTile) rows_tile<true>(a, bt, ldb, dim, j0, kKeyTile, out, ldo);
+  if (j0 < n) rows_tile<false>(a, bt, ldb, dim, j0, n - j0, out, ldo);
 }
 
-// out[r][d] = scale[r] * sum_j p[r, j] * bt[d, j]
-void rows_weights_times(const float *p, const float *bt, int64_t dim, int64_t n, const float *scale,
-                        float *const *out) {
-  const float *p0 = p, *p1 = p + n, *p2 = p + 2 * n, *p3 = p + 3 * n;
+// out[r][d] (+)= scale[r] * sum_j p[r, j] * bt[d, j], p's rows ldp apart, bt's ldb
+template <bool kAccumulate>
+void rows_weights_times(const float *p, int64_t ldp, const float *bt, int64_t ldb, int64_t dim, int64_t n,
+                        const float *scale, float *const *out) {
+  const float *p0 = p, *p1 = p + ldp, *p2 = p + 2 * ldp, *p3 = p + 3 * ldp;
   for (int64_t d = 0; d < dim; ++d) {
-    const float *col = bt + d * n;
+    const float *col = bt + d * ldb;
     float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
     for (int64_t j = 0; j < n; ++j) {
@@ -101,11 +104,20 @@ void rows_weights_times(const float *p, const float *bt, int64_t dim, int64_t n,
       a2 += p2[j] * col[j];
       a3 += p3[j] * col[j];
     }
-    out[0][d] = a0 * scale[0];
-    out[1][d] = a1 * scale[1];
-    out[2][d] = a2 * scale[2];
-    out[3][d] = a3 * scale[3];
+    out[0][d] = (kAccumulate ? out[0][d] : 0.0f) + a0 * scale[0];
+    out[1][d] = (kAccumulate ? out[1][d] : 0.0f) + a1 * scale[1];
+    out[2][d] = (kAccumulate ? out[2][d] : 0.0f) + a2 * scale[2];
+    out[3][d] = (kAccumulate ? out[3][d] : 0.0f) + a3 * scale[3];
   }
+}
+
+// keys per chunk of the backward: the chunk's keys, values and their gradients
+// (4 x dim x chunk floats) in a quarter of a 1 MB L2, at most 512 keys. Measured
+// on one mid sparse-causal layer (dim 8, 2048 keys): 236 ms with all keys at
+// once, 150 ms with chunks of 512, 245 ms with chunks of 1024.
+int64_t chunk_keys(int64_t dim, int64_t n) {
+  const int64_t tiles = std::max<int64_t>(1, (1 << 16) / (4 * dim * kKeyTile));
+  return std::min<int64_t>({n, 512, tiles * kKeyTile});
 }
 
 // scores -> unnormalised probabilities exp(s - max) in place; returns the sum and sets the log-sum-exp
@@ -201,9 +213,9 @@ extern "C" int AttentionForward(int nparam, void **params, int *ndims, int64_t *
         qr[r] = q + at;
         outr[r] = out + at;
       }
-      rows_times(qr, kt.data(), s.dim, s.lk, p.data());
+      rows_times(qr, kt.data(), s.lk, s.dim, s.lk, p.data(), s.lk);
       for (int r = 0; r < kRows; ++r) inv[r] = 1.0f / exp_row(p.data() + r * s.lk, s.lk, lser + r);
-      rows_weights_times(p.data(), vt.data(), s.dim, s.lk, inv, outr);
+      rows_weights_times<false>(p.data(), s.lk, vt.data(), s.lk, s.dim, s.lk, inv, outr);
       for (int r = 0; r < kRows && i0 + r < last; ++r) lse[pair * s.lq + i0 + r] = lser[r];
     }
   });
@@ -223,56 +235,75 @@ extern "C" int AttentionBackward(int nparam, void **params, int *ndims, int64_t 
   float *dq = static_cast<float *>(params[6]);
   float *dk = static_cast<float *>(params[7]);
   float *dv = static_cast<float *>(params[8]);
-  // dk and dv sum over every query row, so one item is a whole (batch, head)
+  // dk and dv sum over every query row, so one item is a whole (batch, head);
+  // within it, keys a chunk at a time: the chunk's keys, values and their
+  // gradients stay in cache while every query row passes over them
+  const int64_t chunk = chunk_keys(s.dim, s.lk);
   parallel_for(s.b * s.heads, [&](int64_t pair, Scratch &scratch) {
     const int64_t batch = pair / s.heads, head = pair % s.heads, n = s.lk;
     std::vector<float> &kt = scratch.kt, &vt = scratch.vt, &dkt = scratch.dkt, &dvt = scratch.dvt, &p = scratch.p,
-                       &ds = scratch.ds;
+                       &ds = scratch.ds, &rowsum = scratch.spare;
     kt.resize(s.dim * n);
     vt.resize(s.dim * n);
-    p.resize(kRows * n);
-    ds.resize(kRows * n);
+    p.resize(kRows * chunk);
+    ds.resize(kRows * chunk);
     dkt.assign(s.dim * n, 0.0f);
     dvt.assign(s.dim * n, 0.0f);
-    scratch.spare.resize(s.dim);
+    rowsum.assign(s.lq + s.dim, 0.0f);  // and a row for the dq of a short group's repeated rows
+    float *spare = rowsum.data() + s.lq;
     gather_transposed(k, s, batch, head, n, kt.data());
     gather_transposed(v, s, batch, head, n, vt.data());
-    const float ones[kRows] = {1.0f, 1.0f, 1.0f, 1.0f};
-    for (int64_t i0 = 0; i0 < s.lq; i0 += kRows) {
-      const float *qr[kRows], *dor[kRows];
-      float *dqr[kRows], rowsum[kRows];
-      for (int r = 0; r < kRows; ++r) {
-        const int64_t i = std::min(i0 + r, s.lq - 1), at = s.at(batch, i, s.lq, head);
-        qr[r] = q + at;
-        dor[r] = dout + at;
-        // a last, short group repeats its last row with zero probabilities, and its dq goes nowhere
-        dqr[r] = i0 + r < s.lq ? dq + at : scratch.spare.data();
-        rowsum[r] = 0.0f;
-        for (int64_t d = 0; d < s.dim; ++d) rowsum[r] += dor[r][d] * out[at + d];
-      }
-      rows_times(qr, kt.data(), s.dim, n, p.data());
-      for (int r = 0; r < kRows; ++r) {
-        float *pr = p.data() + r * n;
-        const float row_lse = i0 + r < s.lq ? lse[pair * s.lq + i0 + r] : INFINITY;
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) pr[j] = row_lse == INFINITY ? 0.0f : exp_nonpositive(pr[j] - row_lse);
-      }
-      // dscores = p * (dout . v - dout . out): softmax's backward
-      rows_times(dor, vt.data(), s.dim, n, ds.data());
-#pragma omp simd collapse(2)
-      for (int r = 0; r < kRows; ++r)
-        for (int64_t j = 0; j < n; ++j) ds[r * n + j] = p[r * n + j] * (ds[r * n + j] - rowsum[r]);
-      rows_weights_times(ds.data(), kt.data(), s.dim, n, ones, dqr);
-      const float *p0 = p.data(), *p1 = p0 + n, *p2 = p1 + n, *p3 = p2 + n;
-      const float *s0 = ds.data(), *s1 = s0 + n, *s2 = s1 + n, *s3 = s2 + n;
+    for (int64_t i = 0; i < s.lq; ++i) {
+      const int64_t at = s.at(batch, i, s.lq, head);
       for (int64_t d = 0; d < s.dim; ++d) {
-        const float q0 = qr[0][d], q1 = qr[1][d], q2 = qr[2][d], q3 = qr[3][d];
-        const float o0 = dor[0][d], o1 = dor[1][d], o2 = dor[2][d], o3 = dor[3][d];
-        float *dkd = dkt.data() + d * n, *dvd = dvt.data() + d * n;
+        rowsum[i] += dout[at + d] * out[at + d];
+        dq[at + d] = 0.0f;
+      }
+    }
+    const float ones[kRows] = {1.0f, 1.0f, 1.0f, 1.0f};
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+      const int64_t len = std::min(chunk, n - c0);
+      const float *ktc = kt.data() + c0, *vtc = vt.data() + c0;
+      for (int64_t i0 = 0; i0 < s.lq; i0 += kRows) {
+        const float *qr[kRows], *dor[kRows];
+        float *dqr[kRows], row_lse[kRows], row_sum[kRows];
+        for (int r = 0; r < kRows; ++r) {
+          const int64_t i = std::min(i0 + r, s.lq - 1), at = s.at(batch, i, s.lq, head);
+          qr[r] = q + at;
+          dor[r] = dout + at;
+          // a last, short group repeats its last row with zero probabilities, and its dq goes nowhere
+          dqr[r] = i0 + r < s.lq ? dq + at : spare;
+          row_lse[r] = i0 + r < s.lq ? lse[pair * s.lq + i] : INFINITY;
+          row_sum[r] = rowsum[i];
+        }
+        rows_times(qr, ktc, n, s.dim, len, p.data(), chunk);
+        for (int r = 0; r < kRows; ++r) {
+          float *pr = p.data() + r * chunk;
+          const float m = row_lse[r];
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          dkd[j] += s0[j] * q0 + s1[j] * q1 + s2[j] * q2 + s3[j] * q3;
-          dvd[j] += p0[j] * o0 + p1[j] * o1 + p2[j] * o2 + p3[j] * o3;
+          for (int64_t j = 0; j < len; ++j) pr[j] = m == INFINITY ? 0.0f : exp_nonpositive(pr[j] - m);
+        }
+        // dscores = p * (dout . v - dout . out): softmax's backward
+        rows_times(dor, vtc, n, s.dim, len, ds.data(), chunk);
+        for (int r = 0; r < kRows; ++r) {
+          float *sr = ds.data() + r * chunk;
+          const float *pr = p.data() + r * chunk;
+          const float m = row_sum[r];
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) sr[j] = pr[j] * (sr[j] - m);
+        }
+        rows_weights_times<true>(ds.data(), chunk, ktc, n, s.dim, len, ones, dqr);
+        const float *p0 = p.data(), *p1 = p0 + chunk, *p2 = p1 + chunk, *p3 = p2 + chunk;
+        const float *s0 = ds.data(), *s1 = s0 + chunk, *s2 = s1 + chunk, *s3 = s2 + chunk;
+        for (int64_t d = 0; d < s.dim; ++d) {
+          const float q0 = qr[0][d], q1 = qr[1][d], q2 = qr[2][d], q3 = qr[3][d];
+          const float o0 = dor[0][d], o1 = dor[1][d], o2 = dor[2][d], o3 = dor[3][d];
+          float *dkd = dkt.data() + d * n + c0, *dvd = dvt.data() + d * n + c0;
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) {
+            dkd[j] += s0[j] * q0 + s1[j] * q1 + s2[j] * q2 + s3[j] * q3;
+            dvd[j] += p0[j] * o0 + p1[j] * o1 + p2[j] * o2 + p3[j] * o3;
+          }
         }
       }
     }
