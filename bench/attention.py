@@ -49,14 +49,14 @@ def run_torch(job, threads, repeat):
 
 def run_mindspore(kernel, job, threads, repeat):
     import mindspore as ms
-    from tuneavideo_ms import backend, cpu_attention
+    from tuneavideo_ms import backend, cpu_kernels
     backend.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
-    cpu_attention.set_threads(threads)
+    cpu_kernels.set_threads(threads)
     q, k, v, w = (ms.Tensor(a) for a in _inputs())
     attention = {"portable": backend.attention_portable,
                  "blockwise": backend.MemoryEfficientAttention(),
-                 "fused": backend.MemoryEfficientAttention(fused=cpu_attention.fused_attention())}[kernel]
+                 "fused": backend.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())}[kernel]
 
     def loss(q, k, v):
         return (attention(q, k, v, HEADS, DIM ** -0.5, False) * w).sum()

@@ -96,12 +96,12 @@ def run_torch(name, job, folder, threads, repeat):
 def run_mindspore(name, job, folder, threads, repeat):
     import mindspore as ms
     import numpy as np
-    from tuneavideo_ms import backend, cpu_attention, training
+    from tuneavideo_ms import backend, cpu_kernels, training
     from tuneavideo_ms.models import UNet3DConditionModel
     from tuneavideo_ms.optim import AdamW
     backend.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
-    cpu_attention.set_threads(threads)
+    cpu_kernels.set_threads(threads)
     unet = UNet3DConditionModel.from_pretrained(folder)
     sample, context, noise = (ms.Tensor(a) for a in _inputs(name, _unet_config(name)["cross_attention_dim"]))
     if job == "forward":

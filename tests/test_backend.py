@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
-from tuneavideo_ms import backend, cpu_attention
+from tuneavideo_ms import backend, cpu_kernels
+from tuneavideo_ms.models.normalization import GroupNorm, LayerNorm
 
 
 @pytest.mark.parametrize("shape,out_channels,kernel,stride,padding", [
@@ -55,8 +56,8 @@ def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, blo
 
 @pytest.fixture
 def kernel_threads():
-    yield cpu_attention.set_threads
-    cpu_attention.set_threads(0)
+    yield cpu_kernels.set_threads
+    cpu_kernels.set_threads(0)
 
 
 @pytest.mark.parametrize("heads,dim,lq,lk,threads", [
@@ -72,7 +73,7 @@ def test_fused_cpu_attention_equals_portable(rng, monkeypatch, kernel_threads, h
     kernel_threads(threads)
     q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2) for n in (lq, lk, lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
-    fused = backend.MemoryEfficientAttention(fused=cpu_attention.fused_attention())
+    fused = backend.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())
     assert fused.fused is not None, "the kernel did not build (see the log)"
     _assert_same_values_and_grads(fused, q, k, v, heads, dim, upstream)
 
@@ -109,16 +110,49 @@ def test_swap_axes_kernel_equals_transpose(rng, shape, dtype):
         assert np.array_equal(grad.asnumpy(), upstream.transpose(0, 2, 1, 3))
 
 
+@pytest.mark.parametrize("shape,groups", [
+    ((2, 8, 3, 5, 5), 4),   # a video GroupNorm: statistics over frames and pixels
+    ((3, 6, 7, 7), 3),      # per-frame GroupNorm, odd sizes
+    ((2, 5, 37), None),     # LayerNorm over 37 channels (not a multiple of the vector width)
+])
+def test_group_norm_kernel_equals_portable(rng, shape, groups):
+    channels = shape[1] if groups else shape[-1]
+    norm = GroupNorm(groups, channels, eps=1e-6) if groups else LayerNorm(channels)
+    assert norm.kernel is not None, "the kernel did not build (see the log)"
+    norm.weight.set_data(ms.Tensor(rng.standard_normal(channels).astype(np.float32)))
+    norm.bias.set_data(ms.Tensor(rng.standard_normal(channels).astype(np.float32)))
+    # an offset and scale that a one-pass variance in float32 would get wrong
+    x = ms.Tensor((rng.standard_normal(shape) * 3 + 20).astype(np.float32))
+    upstream = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+
+    def loss(x):
+        out = norm(x)
+        return (out * upstream).sum(), out
+
+    def run(jit):
+        fn = ms.value_and_grad(loss, 0, norm.trainable_params(), has_aux=True)
+        (_, out), (dx, (dweight, dbias)) = (ms.jit(fn) if jit else fn)(x)
+        return [t.asnumpy() for t in (out, dx, dweight, dbias)]
+    got = [run(False), run(True)]
+    kernel, norm.kernel = norm.kernel, None
+    want = run(False)
+    norm.kernel = kernel
+    for values in got:
+        for g, w in zip(values, want):
+            assert rel_err(g, w) < 2e-5
+
+
 def test_kernel_switch(monkeypatch):
     assert backend.device() == "CPU"
     assert backend.conv2d_kernel() is backend.conv2d_matmul
     assert backend._swap_axes is not None
     attention = backend.attention_kernel()
     assert isinstance(attention, backend.MemoryEfficientAttention)
-    assert isinstance(attention.fused, cpu_attention.FusedAttention)
+    assert isinstance(attention.fused, cpu_kernels.FusedAttention)
+    assert backend.group_norm_kernel() is not None
     # without a compiler, the blocks of MindSpore ops
-    monkeypatch.setattr(cpu_attention, "_library", {})
-    monkeypatch.setattr(cpu_attention.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_kernels, "_library", {})
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
     assert backend.attention_kernel().fused is None
     monkeypatch.setitem(backend._state, "kernels", "portable")
     assert backend.conv2d_kernel() is backend.conv2d_portable
@@ -138,9 +172,9 @@ def test_portable_kernels_transpose_with_mindspore():
 def test_a_failed_kernel_build_falls_back_and_leaves_no_file(tmp_path, monkeypatch, caplog):
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++")
-    monkeypatch.setattr(cpu_attention, "SOURCES", [str(broken)])
-    monkeypatch.setattr(cpu_attention, "_library", {})
-    assert cpu_attention.build_library(str(tmp_path / "cache")) is None
+    monkeypatch.setattr(cpu_kernels, "SOURCES", [str(broken)])
+    monkeypatch.setattr(cpu_kernels, "_library", {})
+    assert cpu_kernels.build_library(str(tmp_path / "cache")) is None
     assert "g++ failed on" in caplog.text and "broken.cc" in caplog.text
     assert os.listdir(tmp_path / "cache") == []
 

@@ -11,12 +11,12 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import constexpr
 
-from tuneavideo_ms import cpu_attention
+from tuneavideo_ms import cpu_kernels
 
 logger = logging.getLogger(__name__)
 
 DEVICES = ("Ascend", "GPU", "CPU")
-_state = {"device": None, "mode": None, "kernels": "auto"}
+_state = {"device": None, "mode": None, "kernels": "auto", "library": None}
 
 
 def setup(device=None, mode="graph", kernels=None):
@@ -41,10 +41,10 @@ def setup(device=None, mode="graph", kernels=None):
         os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
     ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    _state.update(device=device, mode=mode, kernels=kernels)
     global _swap_axes
-    library = cpu_attention.build_library() if device == "CPU" and kernels == "auto" else None
-    _swap_axes = cpu_attention.swap_axes_op(library) if library else None
+    library = cpu_kernels.build_library() if device == "CPU" and kernels == "auto" else None
+    _state.update(device=device, mode=mode, kernels=kernels, library=library)
+    _swap_axes = cpu_kernels.swap_axes_op(library) if library else None
     logger.info("backend: device=%s mode=%s kernels=%s", device, mode, kernels)
     return device
 
@@ -86,6 +86,16 @@ def swap_axes_1_2(x):
     if _swap_axes is not None:
         return _swap_axes(x)
     return x.transpose(0, 2, 1, 3)
+
+
+# ----------------------------------------------------------------------------- normalization
+
+def group_norm_kernel():
+    """GroupNorm's kernel on CPU, (x [n, groups, length], weight, bias, eps [1])
+    -> (y, mean, rstd); None elsewhere, for MindSpore's LayerNorm (MindSpore
+    2.10's CPU LayerNormGrad runs at a quarter of the speed of its forward)."""
+    library = _state["library"]
+    return cpu_kernels.group_norm_op(library) if library else None
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -239,7 +249,7 @@ FUSED_MIN_SCORES = 2 ** 20
 
 class MemoryEfficientAttention(nn.Cell):
     """attention_portable's signature and numbers without [lq, lk] scores in
-    memory: the fused C++ kernel (cpu_attention.FusedAttention) when given
+    memory: the fused C++ kernel (cpu_kernels.FusedAttention) when given
     one, the inputs are float32 and the attention is large, else blocks of queries
     (RecomputingBlockwiseSoftmaxAttention). Masked attention (the text
     encoder's causal one) takes the portable path, and so does, without the
@@ -316,5 +326,5 @@ def attention_kernel():
     if _state["kernels"] == "auto" and device() == "Ascend":
         return flash_attention(ops.flash_attention_score)
     if _state["kernels"] == "auto" and device() == "CPU":
-        return MemoryEfficientAttention(fused=cpu_attention.fused_attention())
+        return MemoryEfficientAttention(fused=cpu_kernels.fused_attention())
     return attention_portable

@@ -10,14 +10,10 @@
 // AttentionBackward(q, k, v, out, lse, dout) -> (dq, dk, dv)
 // q, out, dout, dq: [b, lq, heads, dim]; k, v, dk, dv: [b, lk, heads, dim];
 // lse: [b, heads, lq]; all float32.
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
-#include <sched.h>
-#include <thread>
-#include <vector>
+
+#include "parallel.h"
 
 namespace {
 
@@ -135,40 +131,10 @@ float exp_row(float *s, int64_t n, float *lse) {
   return sum;
 }
 
-// 0: every CPU this process may run on. Not OMP_NUM_THREADS: MindSpore sets
-// that to 1 in its process when it is unset, for its own kernels.
-std::atomic<int> threads{0};
-
-int thread_count() {
-  int n = threads.load();
-  cpu_set_t cpus;
-  if (n <= 0 && sched_getaffinity(0, sizeof(cpus), &cpus) == 0) n = CPU_COUNT(&cpus);
-  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-  return n > 0 ? n : 1;
-}
-
-// per-thread buffers, allocated once per call rather than once per (batch, head)
+// per-thread buffers of the attention kernels
 struct Scratch {
   std::vector<float> kt, vt, p, ds, dkt, dvt, spare;
 };
-
-// run fn(item, scratch) for item in [0, items) on the threads, each taking the
-// next item when done with one: MindSpore's own threads share the cores (its
-// launching thread used about half a core throughout a mid training step), and
-// a fixed share would wait for the most delayed thread
-template <typename Fn>
-void parallel_for(int64_t items, Fn fn) {
-  const int n = static_cast<int>(std::min<int64_t>(thread_count(), items));
-  std::atomic<int64_t> next{0};
-  auto work = [&] {
-    Scratch scratch;
-    for (int64_t i = next++; i < items; i = next++) fn(i, scratch);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < n; ++t) pool.emplace_back(work);
-  work();
-  for (auto &th : pool) th.join();
-}
 
 Shape shape_of(int64_t **shapes) {
   return Shape{shapes[0][0], shapes[0][1], shapes[1][1], shapes[0][2], shapes[0][3]};
@@ -195,7 +161,7 @@ extern "C" int AttentionForward(int nparam, void **params, int *ndims, int64_t *
   const int64_t pairs = s.b * s.heads;
   const int64_t chunks = std::min<int64_t>(s.lq, (4 * thread_count() + pairs - 1) / pairs);
   const int64_t rows = (s.lq + chunks - 1) / chunks;
-  parallel_for(pairs * chunks, [&](int64_t item, Scratch &scratch) {
+  parallel_for<Scratch>(pairs * chunks, [&](int64_t item, Scratch &scratch) {
     const int64_t pair = item / chunks, batch = pair / s.heads, head = pair % s.heads;
     const int64_t first = (item % chunks) * rows, last = std::min(s.lq, first + rows);
     std::vector<float> &kt = scratch.kt, &vt = scratch.vt, &p = scratch.p;
@@ -239,7 +205,7 @@ extern "C" int AttentionBackward(int nparam, void **params, int *ndims, int64_t 
   // within it, keys a chunk at a time: the chunk's keys, values and their
   // gradients stay in cache while every query row passes over them
   const int64_t chunk = chunk_keys(s.dim, s.lk);
-  parallel_for(s.b * s.heads, [&](int64_t pair, Scratch &scratch) {
+  parallel_for<Scratch>(s.b * s.heads, [&](int64_t pair, Scratch &scratch) {
     const int64_t batch = pair / s.heads, head = pair % s.heads, n = s.lk;
     std::vector<float> &kt = scratch.kt, &vt = scratch.vt, &dkt = scratch.dkt, &dvt = scratch.dvt, &p = scratch.p,
                        &ds = scratch.ds, &rowsum = scratch.spare;
@@ -312,6 +278,3 @@ extern "C" int AttentionBackward(int nparam, void **params, int *ndims, int64_t 
   });
   return 0;
 }
-
-// threads for the kernels; 0 for every CPU the process may run on
-extern "C" void SetThreads(int n) { threads = n; }

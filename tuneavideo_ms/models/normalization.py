@@ -8,6 +8,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 import numpy as np
 
+from .. import backend
+
 
 class GroupNorm(nn.Cell):
     def __init__(self, num_groups, num_channels, eps=1e-5):
@@ -24,9 +26,17 @@ class GroupNorm(nn.Cell):
         # affine follows.
         self.norm = ops.LayerNorm(begin_norm_axis=1, begin_params_axis=-1, epsilon=eps)
         self.identity = (Tensor(np.ones(1, np.float32)), Tensor(np.zeros(1, np.float32)))
+        self.kernel = backend.group_norm_kernel()
+        self.eps = Tensor(np.array([eps], np.float32))
 
     def construct(self, x):
         shape = x.shape
+        # float32 only: under mixed precision (Cell.to_float) MindSpore casts the
+        # kernel's inputs to the half type whatever this cell casts them to
+        if self.kernel is not None and x.dtype == ms.float32:
+            y = self.kernel(x.astype(ms.float32).reshape(shape[0], self.num_groups, -1),
+                            self.weight.astype(ms.float32), self.bias.astype(ms.float32), self.eps)
+            return y[0].reshape(shape).astype(x.dtype)
         g = x.astype(ms.float32).reshape(shape[0] * self.num_groups, -1, 1)
         g, _, _ = self.norm(g, self.identity[0], self.identity[1])
         y = ops.bias_add(g.reshape(shape[0], shape[1], -1) * self.weight.reshape(1, -1, 1), self.bias)
@@ -41,7 +51,14 @@ class LayerNorm(nn.Cell):
         self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="bias")
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.kernel = backend.group_norm_kernel()
+        self.eps = Tensor(np.array([eps], np.float32))
 
     def construct(self, x):
+        if self.kernel is not None and x.dtype == ms.float32:
+            # one group: the last axis
+            y = self.kernel(x.astype(ms.float32).reshape(-1, 1, x.shape[-1]), self.weight.astype(ms.float32),
+                            self.bias.astype(ms.float32), self.eps)
+            return y[0].reshape(x.shape).astype(x.dtype)
         y, _, _ = self.norm(x.astype(ms.float32), self.weight, self.bias)
         return y.astype(x.dtype)

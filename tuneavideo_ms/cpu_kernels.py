@@ -1,11 +1,13 @@
 """C++ kernels for CPU, built once per machine with the host's g++ and run as
 MindSpore "aot" custom operators: fused scaled dot-product attention
-(csrc/attention_cpu.cc), forward and a FlashAttention-style backward, and the
-transpose of the video UNet (csrc/swap_axes_cpu.cc).
+(csrc/attention_cpu.cc), forward and a FlashAttention-style backward; the
+transpose of the video UNet (csrc/swap_axes_cpu.cc); GroupNorm and LayerNorm
+(csrc/group_norm_cpu.cc).
 
 MindSpore has no fused attention kernel on CPU, and composing one from its
 ops makes about ten passes over every block of scores in memory; the C++
-kernel keeps a few rows of scores in cache instead."""
+kernel keeps a few rows of scores in cache instead. MindSpore's CPU
+Transpose and LayerNormGrad cost memory and time measured in bench/README.md."""
 import ctypes
 import hashlib
 import logging
@@ -19,8 +21,10 @@ from mindspore import nn, ops
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", name)
-           for name in ("attention_cpu.cc", "swap_axes_cpu.cc")]
+CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+SOURCES = [os.path.join(CSRC, name) for name in ("parallel.cc", "attention_cpu.cc", "swap_axes_cpu.cc",
+                                                 "group_norm_cpu.cc")]
+HEADERS = [os.path.join(CSRC, "parallel.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _library = {}
 
@@ -47,7 +51,7 @@ def build_library(cache_dir=None):
                        "falling back to MindSpore ops (slower)")
     else:
         digest = hashlib.sha256(" ".join(FLAGS).encode() + _cpu_model().encode())
-        for source in SOURCES:
+        for source in SOURCES + HEADERS:
             with open(source, "rb") as f:
                 digest.update(f.read())
         key = digest.hexdigest()[:16]
@@ -112,6 +116,19 @@ def swap_axes_op(library):
     def bprop(x, out, dout):
         return (backward(dout),)
     return ops.Custom(f"{library}:SwapAxes12", _swapped_shape, lambda dtype: dtype, func_type="aot", bprop=bprop)
+
+
+def group_norm_op(library):
+    """(x [n, groups, length], weight, bias, eps [1]) -> (y, mean, rstd): each
+    group's statistics over its length, its channels' scale and shift."""
+    backward = ops.Custom(f"{library}:GroupNormBackward", lambda x, w, mean, rstd, dy: (x, w, w),
+                          lambda x, w, mean, rstd, dy: (x, w, w), func_type="aot")
+
+    def bprop(x, weight, bias, eps, out, dout):
+        dx, dweight, dbias = backward(x, weight, out[1], out[2], dout[0])
+        return dx, dweight, dbias, ops.zeros_like(eps)
+    return ops.Custom(f"{library}:GroupNormForward", lambda x, w, b, eps: (x, x[:2], x[:2]),
+                      lambda x, w, b, eps: (x, x, x), func_type="aot", bprop=bprop)
 
 
 def set_threads(count):

@@ -1,0 +1,29 @@
+// The kernels' threads: std::threads taking the next item from a shared counter.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+// 0 (the default, or SetThreads(0)): every CPU this process may run on
+int thread_count();
+
+// run fn(item, state) for item in [0, items) on the threads, each with a State
+// of its own (scratch buffers, allocated once per call rather than per item),
+// each taking the next item when done with one: MindSpore's own threads share
+// the cores (its launching thread used about half a core throughout a mid
+// training step), and a fixed share would wait for the most delayed thread
+template <typename State, typename Fn>
+void parallel_for(int64_t items, Fn fn) {
+  const int n = static_cast<int>(std::min<int64_t>(thread_count(), items));
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    State state;
+    for (int64_t i = next++; i < items; i = next++) fn(i, state);
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < n; ++t) pool.emplace_back(work);
+  work();
+  for (auto &th : pool) th.join();
+}
