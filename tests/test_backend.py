@@ -6,6 +6,7 @@ import pytest
 
 from conftest import rel_err
 from tuneavideo_ms import backend, cpu_kernels
+from tuneavideo_ms.models.attention import GEGLU
 from tuneavideo_ms.models.normalization import GroupNorm, LayerNorm
 
 
@@ -118,28 +119,42 @@ def test_swap_axes_kernel_equals_transpose(rng, shape, dtype):
 def test_group_norm_kernel_equals_portable(rng, shape, groups):
     channels = shape[1] if groups else shape[-1]
     norm = GroupNorm(groups, channels, eps=1e-6) if groups else LayerNorm(channels)
-    assert norm.kernel is not None, "the kernel did not build (see the log)"
     norm.weight.set_data(ms.Tensor(rng.standard_normal(channels).astype(np.float32)))
     norm.bias.set_data(ms.Tensor(rng.standard_normal(channels).astype(np.float32)))
     # an offset and scale that a one-pass variance in float32 would get wrong
     x = ms.Tensor((rng.standard_normal(shape) * 3 + 20).astype(np.float32))
-    upstream = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    _assert_kernel_equals_portable(norm, x, rng, 2e-5)
+
+
+def test_geglu_kernel_equals_portable(rng):
+    geglu = GEGLU(24, 37)
+    geglu.proj.weight.set_data(ms.Tensor(rng.standard_normal((74, 24)).astype(np.float32)))
+    # gates with a standard deviation of about 5: both branches of the kernel's erf, and its tails
+    x = ms.Tensor(rng.standard_normal((3, 5, 24)).astype(np.float32))
+    _assert_kernel_equals_portable(geglu, x, rng, 1e-5)
+
+
+def _assert_kernel_equals_portable(cell, x, rng, tolerance):
+    """cell's output and gradients (input, parameters) with its C++ kernel
+    (PyNative and ms.jit) against its MindSpore ops."""
+    assert cell.kernel is not None, "the kernel did not build (see the log)"
+    upstream = ms.Tensor(rng.standard_normal(cell(x).shape).astype(np.float32))
 
     def loss(x):
-        out = norm(x)
+        out = cell(x)
         return (out * upstream).sum(), out
 
     def run(jit):
-        fn = ms.value_and_grad(loss, 0, norm.trainable_params(), has_aux=True)
-        (_, out), (dx, (dweight, dbias)) = (ms.jit(fn) if jit else fn)(x)
-        return [t.asnumpy() for t in (out, dx, dweight, dbias)]
+        fn = ms.value_and_grad(loss, 0, cell.trainable_params(), has_aux=True)
+        (_, out), (dx, dparams) = (ms.jit(fn) if jit else fn)(x)
+        return [t.asnumpy() for t in (out, dx, *dparams)]
     got = [run(False), run(True)]
-    kernel, norm.kernel = norm.kernel, None
+    kernel, cell.kernel = cell.kernel, None
     want = run(False)
-    norm.kernel = kernel
+    cell.kernel = kernel
     for values in got:
         for g, w in zip(values, want):
-            assert rel_err(g, w) < 2e-5
+            assert rel_err(g, w) < tolerance
 
 
 def test_kernel_switch(monkeypatch):
@@ -149,7 +164,6 @@ def test_kernel_switch(monkeypatch):
     attention = backend.attention_kernel()
     assert isinstance(attention, backend.MemoryEfficientAttention)
     assert isinstance(attention.fused, cpu_kernels.FusedAttention)
-    assert backend.group_norm_kernel() is not None
     # without a compiler, the blocks of MindSpore ops
     monkeypatch.setattr(cpu_kernels, "_library", {})
     monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)

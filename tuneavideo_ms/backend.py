@@ -44,7 +44,7 @@ def setup(device=None, mode="graph", kernels=None):
     global _swap_axes
     library = cpu_kernels.build_library() if device == "CPU" and kernels == "auto" else None
     _state.update(device=device, mode=mode, kernels=kernels, library=library)
-    _swap_axes = cpu_kernels.swap_axes_op(library) if library else None
+    _swap_axes = cpu_kernel(cpu_kernels.swap_axes_op)
     logger.info("backend: device=%s mode=%s kernels=%s", device, mode, kernels)
     return device
 
@@ -88,14 +88,13 @@ def swap_axes_1_2(x):
     return x.transpose(0, 2, 1, 3)
 
 
-# ----------------------------------------------------------------------------- normalization
+# ----------------------------------------------------------------------------- CPU kernels of cells
 
-def group_norm_kernel():
-    """GroupNorm's kernel on CPU, (x [n, groups, length], weight, bias, eps [1])
-    -> (y, mean, rstd); None elsewhere, for MindSpore's LayerNorm (MindSpore
-    2.10's CPU LayerNormGrad runs at a quarter of the speed of its forward)."""
+def cpu_kernel(make_op):
+    """make_op(library), one of cpu_kernels' operators, on CPU (GroupNorm,
+    GEGLU); None elsewhere, for the cell's MindSpore ops."""
     library = _state["library"]
-    return cpu_kernels.group_norm_op(library) if library else None
+    return make_op(library) if library else None
 
 
 # ----------------------------------------------------------------------------- convolution

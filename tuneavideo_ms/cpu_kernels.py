@@ -2,12 +2,13 @@
 MindSpore "aot" custom operators: fused scaled dot-product attention
 (csrc/attention_cpu.cc), forward and a FlashAttention-style backward; the
 transpose of the video UNet (csrc/swap_axes_cpu.cc); GroupNorm and LayerNorm
-(csrc/group_norm_cpu.cc).
+(csrc/group_norm_cpu.cc); GEGLU (csrc/geglu_cpu.cc).
 
 MindSpore has no fused attention kernel on CPU, and composing one from its
 ops makes about ten passes over every block of scores in memory; the C++
 kernel keeps a few rows of scores in cache instead. MindSpore's CPU
-Transpose and LayerNormGrad cost memory and time measured in bench/README.md."""
+Transpose, LayerNormGrad and Erf cost memory and time measured in
+bench/README.md."""
 import ctypes
 import hashlib
 import logging
@@ -22,9 +23,9 @@ from mindspore import nn, ops
 logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = [os.path.join(CSRC, name) for name in ("parallel.cc", "attention_cpu.cc", "swap_axes_cpu.cc",
-                                                 "group_norm_cpu.cc")]
-HEADERS = [os.path.join(CSRC, "parallel.h")]
+SOURCES = [os.path.join(CSRC, name) for name in ("threads.cc", "attention_cpu.cc", "swap_axes_cpu.cc",
+                                                 "group_norm_cpu.cc", "geglu_cpu.cc")]
+HEADERS = [os.path.join(CSRC, name) for name in ("kernels.h", "vector_math.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _library = {}
 
@@ -129,6 +130,16 @@ def group_norm_op(library):
         return dx, dweight, dbias, ops.zeros_like(eps)
     return ops.Custom(f"{library}:GroupNormForward", lambda x, w, b, eps: (x, x[:2], x[:2]),
                       lambda x, w, b, eps: (x, x, x), func_type="aot", bprop=bprop)
+
+
+def geglu_op(library):
+    """x [rows, 2 * dim] -> hidden * gelu(gate) [rows, dim], hidden and gate x's halves."""
+    backward = ops.Custom(f"{library}:GegluBackward", lambda x, dout: x, lambda x, dout: x, func_type="aot")
+
+    def bprop(x, out, dout):
+        return (backward(x, dout),)
+    return ops.Custom(f"{library}:GegluForward", lambda x: [x[0], x[1] // 2], lambda x: x, func_type="aot",
+                      bprop=bprop)
 
 
 def set_threads(count):

@@ -13,27 +13,12 @@
 #include <cmath>
 #include <cstring>
 
-#include "parallel.h"
+#include "kernels.h"
+#include "vector_math.h"
 
 namespace {
 
 constexpr int kKeyTile = 64;  // key scores kept in registers while summing over the head dim
-
-// exp for x <= 0, as Cephes' expf (about 1 ulp), written so that loops over it vectorise
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  // n = round(x / ln 2) by the float-rounding trick: floor() would not vectorise
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  return y * __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);  // y * 2^n
-}
 
 struct Shape {
   int64_t b, lq, lk, heads, dim;
@@ -138,12 +123,6 @@ struct Scratch {
 
 Shape shape_of(int64_t **shapes) {
   return Shape{shapes[0][0], shapes[0][1], shapes[1][1], shapes[0][2], shapes[0][3]};
-}
-
-bool all_float32(int nparam, const char **dtypes) {
-  for (int i = 0; i < nparam; ++i)
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
-  return true;
 }
 
 }  // namespace

@@ -12,7 +12,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "parallel.h"
+#include "kernels.h"
 
 namespace {
 
@@ -34,19 +34,11 @@ struct Blocks {
   explicit Blocks(int64_t total) : count(std::min(total, kBlocks)), rows((total + count - 1) / count) {}
 };
 
-struct NoState {};
-
-bool float32(int nparam, const char **dtypes) {
-  for (int i = 0; i < nparam; ++i)
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
-  return true;
-}
-
 }  // namespace
 
 extern "C" int GroupNormForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                 void *, void *) {
-  if (nparam != 7 || ndims[0] != 3 || ndims[1] != 1 || !float32(nparam, dtypes)) return 1;
+  if (nparam != 7 || ndims[0] != 3 || ndims[1] != 1 || !all_float32(nparam, dtypes)) return 1;
   const Layout l{shapes[0][0], shapes[0][1], shapes[0][2], shapes[1][0]};
   if (!l.valid()) return 1;
   const float *x = static_cast<const float *>(params[0]);
@@ -93,7 +85,7 @@ extern "C" int GroupNormForward(int nparam, void **params, int *ndims, int64_t *
 
 extern "C" int GroupNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                  void *, void *) {
-  if (nparam != 8 || ndims[0] != 3 || ndims[1] != 1 || !float32(nparam, dtypes)) return 1;
+  if (nparam != 8 || ndims[0] != 3 || ndims[1] != 1 || !all_float32(nparam, dtypes)) return 1;
   const Layout l{shapes[0][0], shapes[0][1], shapes[0][2], shapes[1][0]};
   if (!l.valid()) return 1;
   const float *x = static_cast<const float *>(params[0]);

@@ -1,4 +1,4 @@
-#include "parallel.h"
+#include "kernels.h"
 
 #include <sched.h>
 

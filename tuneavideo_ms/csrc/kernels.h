@@ -1,13 +1,17 @@
-// The kernels' threads: std::threads taking the next item from a shared counter.
+// What the kernels share: their threads (std::threads taking the next item
+// from a shared counter, threads.cc) and the check of their arguments.
 #pragma once
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 // 0 (the default, or SetThreads(0)): every CPU this process may run on
 int thread_count();
+
+struct NoState {};
 
 // run fn(item, state) for item in [0, items) on the threads, each with a State
 // of its own (scratch buffers, allocated once per call rather than per item),
@@ -26,4 +30,11 @@ void parallel_for(int64_t items, Fn fn) {
   for (int t = 1; t < n; ++t) pool.emplace_back(work);
   work();
   for (auto &th : pool) th.join();
+}
+
+// MindSpore passes an aot kernel its inputs' and outputs' dtypes by name
+inline bool all_float32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i)
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  return true;
 }
