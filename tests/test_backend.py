@@ -93,8 +93,11 @@ def _assert_same_values_and_grads(attention, q, k, v, heads, dim, upstream):
             assert rel_err(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("shape,dtype", [((2, 37, 45, 3), np.float32), ((3, 64, 130, 1), np.float32),
-                                         ((1, 5, 2, 70), np.float32), ((2, 37, 45, 3), np.float16)])
+@pytest.mark.parametrize("shape,dtype", [
+    ((2, 37, 45, 3), np.float32), ((1, 5, 2, 70), np.float32), ((2, 37, 45, 3), np.float16),  # rows copied whole
+    ((3, 64, 130, 1), np.float32), ((2, 70, 33, 1), np.float32), ((2, 37, 45, 1), np.float16),  # single elements
+    ((1, 1100, 1000, 1), np.float32),  # over 4 MB: on threads
+])
 def test_swap_axes_kernel_equals_transpose(rng, shape, dtype):
     assert backend._swap_axes is not None, "the kernel did not build (see the log)"
     x = ms.Tensor(rng.standard_normal(shape).astype(dtype))
