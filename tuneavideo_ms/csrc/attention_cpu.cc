@@ -70,12 +70,64 @@ void rows_times(const float *const *a, const float *bt, int64_t ldb, int64_t dim
   if (j0 < n) rows_tile<false>(a, bt, ldb, dim, j0, n - j0, out, ldo);
 }
 
-// out[r][d] (+)= scale[r] * sum_j p[r, j] * bt[d, j], p's rows ldp apart, bt's ldb
+typedef float Vec __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register, two AVX ones
+constexpr int kLanes = 16;
+constexpr int kDims = 8;
+
+inline Vec load(const float *x) {
+  Vec v;
+  std::memcpy(&v, x, sizeof(v));
+  return v;
+}
+
+inline float lane_sum(Vec v) {
+  float s = 0.0f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// rows_weights_times for dims d0 .. d0 + 8 (bt at d0), two rows at a time: each
+// load of p and of bt feeds 16 accumulators held in registers (one mid
+// sparse-causal layer's forward, dim 8: 86-95 ms -> 75-78; SD's dim 40: 54 -> 37)
+template <bool kAccumulate>
+void rows_weights_times_8(const float *p, int64_t ldp, const float *bt, int64_t ldb, int64_t d0, int64_t n,
+                          const float *scale, float *const *out) {
+  for (int r = 0; r < kRows; r += 2) {
+    const float *pa = p + r * ldp, *pb = pa + ldp;
+    Vec acc_a[kDims] = {}, acc_b[kDims] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      const Vec va = load(pa + j), vb = load(pb + j);
+      for (int d = 0; d < kDims; ++d) {
+        const Vec c = load(bt + d * ldb + j);
+        acc_a[d] += va * c;
+        acc_b[d] += vb * c;
+      }
+    }
+    for (int d = 0; d < kDims; ++d) {
+      float a = lane_sum(acc_a[d]), b = lane_sum(acc_b[d]);
+      for (int64_t jj = j; jj < n; ++jj) {
+        a += pa[jj] * bt[d * ldb + jj];
+        b += pb[jj] * bt[d * ldb + jj];
+      }
+      out[r][d0 + d] = (kAccumulate ? out[r][d0 + d] : 0.0f) + a * scale[r];
+      out[r + 1][d0 + d] = (kAccumulate ? out[r + 1][d0 + d] : 0.0f) + b * scale[r + 1];
+    }
+  }
+}
+
+// out[r][d] (+)= scale[r] * sum_j p[r, j] * bt[d, j], p's rows ldp apart, bt's
+// ldb: eight dims at a time in registers, the rest (head dims not a multiple of 8) one by one
 template <bool kAccumulate>
 void rows_weights_times(const float *p, int64_t ldp, const float *bt, int64_t ldb, int64_t dim, int64_t n,
                         const float *scale, float *const *out) {
+  int64_t d0 = 0;
+  if (n >= kLanes) {
+    for (; d0 + kDims <= dim; d0 += kDims)
+      rows_weights_times_8<kAccumulate>(p, ldp, bt + d0 * ldb, ldb, d0, n, scale, out);
+  }
   const float *p0 = p, *p1 = p + ldp, *p2 = p + 2 * ldp, *p3 = p + 3 * ldp;
-  for (int64_t d = 0; d < dim; ++d) {
+  for (int64_t d = d0; d < dim; ++d) {
     const float *col = bt + d * ldb;
     float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
