@@ -48,7 +48,7 @@ def build_library(cache_dir=None):
     compiler = shutil.which("g++")
     path = None
     if compiler is None:
-        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes): "
+        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes, norms, GEGLU): "
                        "falling back to MindSpore ops (slower)")
     else:
         digest = hashlib.sha256(" ".join(FLAGS).encode() + _cpu_model().encode())
@@ -58,7 +58,7 @@ def build_library(cache_dir=None):
         key = digest.hexdigest()[:16]
         cache_dir = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
                                               "tuneavideo_ms")
-        path = os.path.join(cache_dir, f"attention_cpu-{key}.so")
+        path = os.path.join(cache_dir, f"cpu_kernels-{key}.so")
         if not os.path.exists(path):
             path = _compile(compiler, cache_dir, path)
     _library["path"] = path
@@ -74,7 +74,7 @@ def _compile(compiler, cache_dir, path):
         logger.warning("cannot write the CPU kernels (%s): falling back to MindSpore ops (slower)", error)
         return None
     os.close(fd)
-    logger.info("compiling the CPU kernels (attention, transposes): %s", path)
+    logger.info("compiling the CPU kernels (attention, transposes, norms, GEGLU): %s", path)
     result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
