@@ -30,8 +30,10 @@ struct Layout {
 constexpr int64_t kBlocks = 64;
 
 struct Blocks {
-  int64_t count, rows;  // blocks, rows per block
-  explicit Blocks(int64_t total) : count(std::min(total, kBlocks)), rows((total + count - 1) / count) {}
+  int64_t total, count, rows;  // rows, blocks, rows per block
+  explicit Blocks(int64_t total) : total(total), count(std::min(total, kBlocks)), rows((total + count - 1) / count) {}
+  int64_t begin(int64_t block) const { return block * rows; }
+  int64_t end(int64_t block) const { return std::min(total, (block + 1) * rows); }
 };
 
 }  // namespace
@@ -51,7 +53,7 @@ extern "C" int GroupNormForward(int nparam, void **params, int *ndims, int64_t *
   const Blocks blocks(l.rows());
   const int64_t length = l.length, cg = l.group_channels(), size = l.size();
   parallel_for<NoState>(blocks.count, [&](int64_t block, NoState &) {
-    for (int64_t row = block * blocks.rows; row < std::min(l.rows(), (block + 1) * blocks.rows); ++row) {
+    for (int64_t row = blocks.begin(block); row < blocks.end(block); ++row) {
       const float *xr = x + row * length;
       float *yr = y + row * length;
       const float *w = weight + (row % l.groups) * cg, *b = bias + (row % l.groups) * cg;
@@ -102,7 +104,7 @@ extern "C" int GroupNormBackward(int nparam, void **params, int *ndims, int64_t 
   std::vector<float> partial(blocks.count * 2 * l.channels, 0.0f);
   parallel_for<NoState>(blocks.count, [&](int64_t block, NoState &) {
     float *pw = partial.data() + block * 2 * l.channels, *pb = pw + l.channels;
-    for (int64_t row = block * blocks.rows; row < std::min(l.rows(), (block + 1) * blocks.rows); ++row) {
+    for (int64_t row = blocks.begin(block); row < blocks.end(block); ++row) {
       const float *xr = x + row * length, *dyr = dy + row * length;
       float *dxr = dx + row * length;
       const int64_t c0 = (row % l.groups) * cg;

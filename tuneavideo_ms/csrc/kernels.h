@@ -13,14 +13,16 @@ int thread_count();
 
 struct NoState {};
 
-// run fn(item, state) for item in [0, items) on the threads, each with a State
-// of its own (scratch buffers, allocated once per call rather than per item),
-// each taking the next item when done with one: MindSpore's own threads share
-// the cores (its launching thread used about half a core throughout a mid
-// training step), and a fixed share would wait for the most delayed thread
+// run fn(item, state) for item in [0, items) on the threads (at most
+// max_threads, 0 for no bound; 1 runs on the caller's thread alone), each with
+// a State of its own (scratch buffers, allocated once per call rather than per
+// item), each taking the next item when done with one: MindSpore's own threads
+// share the cores (its launching thread used about half a core throughout a
+// mid training step), and a fixed share would wait for the most delayed thread
 template <typename State, typename Fn>
-void parallel_for(int64_t items, Fn fn) {
-  const int n = static_cast<int>(std::min<int64_t>(thread_count(), items));
+void parallel_for(int64_t items, Fn fn, int max_threads = 0) {
+  const int bound = max_threads > 0 ? std::min(max_threads, thread_count()) : thread_count();
+  const int n = static_cast<int>(std::min<int64_t>(bound, items));
   std::atomic<int64_t> next{0};
   auto work = [&] {
     State state;

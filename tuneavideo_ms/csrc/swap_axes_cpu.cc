@@ -74,11 +74,6 @@ extern "C" int SwapAxes12(int nparam, void **params, int *ndims, int64_t **shape
     }
   };
   // threads only for copies that repay starting them (2 MB: 46 us alone, 65 with two threads)
-  if (a * b * c * row < kThreadedBytes) {
-    NoState none;
-    for (int64_t item = 0; item < a * bands; ++item) band(item, none);
-  } else {
-    parallel_for<NoState>(a * bands, band);
-  }
+  parallel_for<NoState>(a * bands, band, a * b * c * row < kThreadedBytes ? 1 : 0);
   return 0;
 }
