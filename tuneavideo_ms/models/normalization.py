@@ -31,12 +31,8 @@ class GroupNorm(nn.Cell):
 
     def construct(self, x):
         shape = x.shape
-        # float32 only: under mixed precision (Cell.to_float) MindSpore casts the
-        # kernel's inputs to the half type whatever this cell casts them to
         if self.kernel is not None and x.dtype == ms.float32:
-            y = self.kernel(x.astype(ms.float32).reshape(shape[0], self.num_groups, -1),
-                            self.weight.astype(ms.float32), self.bias.astype(ms.float32), self.eps)
-            return y[0].reshape(shape).astype(x.dtype)
+            return _kernel_norm(self, x.reshape(shape[0], self.num_groups, -1)).reshape(shape)
         g = x.astype(ms.float32).reshape(shape[0] * self.num_groups, -1, 1)
         g, _, _ = self.norm(g, self.identity[0], self.identity[1])
         # 4-D: MindSpore's CPU BiasAddGrad refuses a 3-D input whose last axis is 1 (a GroupNorm at 1x1)
@@ -58,8 +54,13 @@ class LayerNorm(nn.Cell):
     def construct(self, x):
         if self.kernel is not None and x.dtype == ms.float32:
             # one group: the last axis
-            y = self.kernel(x.astype(ms.float32).reshape(-1, 1, x.shape[-1]), self.weight.astype(ms.float32),
-                            self.bias.astype(ms.float32), self.eps)
-            return y[0].reshape(x.shape).astype(x.dtype)
+            return _kernel_norm(self, x.reshape(-1, 1, x.shape[-1])).reshape(x.shape)
         y, _, _ = self.norm(x.astype(ms.float32), self.weight, self.bias)
         return y.astype(x.dtype)
+
+
+def _kernel_norm(norm, grouped):
+    """`norm`'s C++ kernel (float32 only: under mixed precision, Cell.to_float,
+    MindSpore casts the kernel's inputs to the half type whatever the cell
+    casts them to) over grouped [n, groups, length]."""
+    return norm.kernel(grouped, norm.weight.astype(ms.float32), norm.bias.astype(ms.float32), norm.eps)[0]
