@@ -39,7 +39,7 @@ def measure(name, recompute, frames, size):
     params = training.trainable_parameters(unet, ("attn1.to_q", "attn2.to_q", "attn_temp"))
     if recompute:
         training.enable_gradient_checkpointing(unet)
-    step = training.TrainStep(unet, params, AdamW(params), "epsilon", 1.0, 1.0, compile=True)
+    step = training.TrainStep(unet, params, AdamW(params), "epsilon", 1.0, 1.0)
     rng = np.random.default_rng(0)
     shape = (1, config.get("in_channels", 4), frames, size, size)
     tensor = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))  # noqa: E731

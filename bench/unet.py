@@ -112,7 +112,7 @@ def run_mindspore(name, job, folder, threads, repeat):
     if job == "train+checkpointing":
         training.enable_gradient_checkpointing(unet)
     # the posterior is a point mass at `sample` / scaling_factor; alpha 0.5 for every sample
-    step = training.TrainStep(unet, params, AdamW(params), "epsilon", 1.0, 1.0, compile=True)
+    step = training.TrainStep(unet, params, AdamW(params), "epsilon", 1.0, 1.0)
     half = ms.Tensor(np.full((1, 1, 1, 1, 1, 1), 0.5 ** 0.5, np.float32))
     args = (sample, ms.Tensor(np.zeros(sample.shape, np.float32)), ms.Tensor(np.zeros((1,) + sample.shape, np.float32)),
             noise[None], half, half, ms.Tensor(np.array([[500.0]], np.float32)), context, ms.Tensor(1.0),

@@ -20,6 +20,8 @@ import tempfile
 
 from mindspore import nn, ops
 
+from tuneavideo_ms import graph_cache
+
 logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
@@ -56,8 +58,7 @@ def build_library(cache_dir=None):
             with open(source, "rb") as f:
                 digest.update(f.read())
         key = digest.hexdigest()[:16]
-        cache_dir = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                              "tuneavideo_ms")
+        cache_dir = cache_dir or graph_cache.cache_home()
         path = os.path.join(cache_dir, f"cpu_kernels-{key}.so")
         if not os.path.exists(path):
             path = _compile(compiler, cache_dir, path)

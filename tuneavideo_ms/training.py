@@ -19,7 +19,7 @@ from mindspore import nn, ops
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from . import backend
+from . import backend, graph_cache
 from .atomic import atomic_dir, atomic_file
 from .data import read_video
 from .editing import invert_clip, sample_edits
@@ -89,17 +89,20 @@ def clip_grad_norm(grads, max_norm):
     return tuple([g * scale.astype(g.dtype) for g in grads])
 
 
-class TrainStep:
+class TrainStep(nn.Cell):
     """The numerics of one optimizer step as one compiled graph (in graph
     mode): loss and gradients over the micro-batches, the gradient check,
     clipping and AdamW. When the gradients are not finite (an fp16 overflow)
     the update is masked out and the step reports it, so the host can skip it.
 
     Gradients never leave the graph: MindSpore 2.10 re-traces a jitted
-    function on every call that takes a tuple of a hundred tensors."""
+    function on every call that takes a tuple of a hundred tensors. A cell
+    rather than a jitted function: MindSpore's compile cache binds a loaded
+    graph's parameters through its cell (a cached jitted function read none
+    of them: wrong losses, no update)."""
 
-    def __init__(self, unet, params, optimizer, prediction_type, scaling_factor, max_grad_norm, compile,
-                 grad_reducer=None):
+    def __init__(self, unet, params, optimizer, prediction_type, scaling_factor, max_grad_norm, grad_reducer=None):
+        super().__init__()
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"cannot train a {prediction_type!r} model (epsilon or v_prediction)")
         self.unet, self.optimizer = unet, optimizer
@@ -107,7 +110,21 @@ class TrainStep:
         self.scaling_factor, self.max_grad_norm = scaling_factor, max_grad_norm
         self.grad_reducer = grad_reducer
         self.grad_fn = ms.value_and_grad(self.loss, None, params, has_aux=True)
-        self.step = ms.jit(self._step) if compile else self._step
+        self.model_digest = None  # taken at the first call in graph mode
+        self.signatures = set()
+
+    def step(self, *inputs):
+        """One optimizer step (the arguments of `construct`). In graph mode a
+        compiled graph, loaded from the compile cache when an earlier run has
+        compiled it."""
+        signature = tuple((x.shape, x.dtype) for x in inputs)
+        if ms.get_context("mode") != ms.GRAPH_MODE or signature in self.signatures:
+            return self(*inputs)
+        self.signatures.add(signature)
+        if self.model_digest is None:
+            self.model_digest = graph_cache.model_digest(self)
+        with graph_cache.compile_cache(self.model_digest, inputs):
+            return self(*inputs)
 
     def loss(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale):
         latents = (mean + std * vae_noise) * self.scaling_factor
@@ -119,8 +136,8 @@ class TrainStep:
         loss = ((pred - target) ** 2).mean()
         return loss * loss_scale, loss
 
-    def _step(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale,
-              lr):
+    def construct(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale,
+                  lr):
         """Inputs other than mean, std, context, loss_scale and lr carry a
         leading micro-batch axis; gradients are averaged over micro-batches."""
         micro_batches = vae_noise.shape[0]
@@ -308,8 +325,7 @@ def _train(c, rank, world_size):
     scaler = LossScaler(c.mixed_precision == "fp16")
     grad_reducer = nn.DistributedGradReducer(params, mean=True, degree=world_size) if world_size > 1 else None
     step_fn = TrainStep(unet, params, optimizer, noise_scheduler.config["prediction_type"],
-                        pipe.vae.config.scaling_factor, c.max_grad_norm, compile=c.mode == "graph",
-                        grad_reducer=grad_reducer)
+                        pipe.vae.config.scaling_factor, c.max_grad_norm, grad_reducer=grad_reducer)
 
     step = 0
     if c.resume_from_checkpoint:

@@ -1,0 +1,142 @@
+"""Compiled graphs kept on disk, so a second run loads its training step
+instead of compiling it again (SD 1.5 on CPU: about 80 s, and most of the
+mid config's peak memory, which the compiler leaves behind).
+
+MindSpore's compile cache is unsafe on its own: it files graphs by the order
+in which a process compiles them and checks only the entry script's sources,
+so a different model, input shape or constant, or graphs compiled in another
+order, load the wrong graph without an error (measured with 2.10). Every
+graph here gets its own folder, named by a hash of everything the graph is
+made of: this package's sources, MindSpore's version, the backend, each
+cell's class and attributes (constant tensors by value, parameters by name,
+shape, dtype and whether they train) and the inputs' shapes and dtypes.
+Parameter values are not part of a graph, so a cached step trains whatever
+weights are loaded.
+
+TUNEAVIDEO_COMPILE_CACHE names the folder (default
+~/.cache/tuneavideo_ms/graphs); "off" turns the cache off.
+"""
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+from mindspore.ops.primitive import Primitive
+
+from tuneavideo_ms import backend
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# Cell attributes that differ between two builds of the same cell
+_VOLATILE = frozenset({"_create_time"})
+
+
+def cache_home():
+    """This package's cache folder (compiled kernels, graphs)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tuneavideo_ms")
+
+
+def cache_root():
+    """The graphs' folder, or None when TUNEAVIDEO_COMPILE_CACHE is "off"."""
+    root = os.environ.get("TUNEAVIDEO_COMPILE_CACHE") or os.path.join(cache_home(), "graphs")
+    return None if root.lower() == "off" else root
+
+
+@functools.lru_cache(maxsize=None)
+def _sources_digest():
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(PACKAGE)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith((".py", ".cc", ".h")):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, PACKAGE).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _describe(value, digest):
+    """Feeds what `value` contributes to a graph into `digest`. Cells met
+    inside a cell are described where the walk over all cells reaches them."""
+    if isinstance(value, Parameter):
+        digest.update(repr(("parameter", value.name, value.shape, str(value.dtype), value.requires_grad)).encode())
+    elif isinstance(value, Tensor):
+        digest.update(repr(("tensor", value.shape, str(value.dtype))).encode())
+        digest.update(np.ascontiguousarray(value.asnumpy()).tobytes())
+    elif isinstance(value, nn.Cell):
+        digest.update(("cell " + type(value).__qualname__).encode())
+    elif isinstance(value, Primitive):
+        digest.update(repr(("primitive", value.name, sorted(value.attrs.items()))).encode())
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)}".encode())
+        for item in value:
+            _describe(item, digest)
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)}".encode())
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _describe(value[key], digest)
+    elif value is None or isinstance(value, (bool, int, float, str, ms.dtype.Type)):
+        digest.update(repr(value).encode())
+    elif callable(value):
+        digest.update(f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value))}".encode())
+    else:
+        digest.update(("object " + type(value).__qualname__).encode())
+
+
+def _describe_attributes(obj, digest):
+    for name, value in sorted(vars(obj).items()):
+        if name not in _VOLATILE:
+            digest.update(name.encode())
+            _describe(value, digest)
+
+
+def model_digest(*objects):
+    """The hash of the cells (every sub-cell's class and attributes) and
+    plain objects (their attributes, cells among them walked) a graph runs."""
+    digest = hashlib.sha256()
+    for obj in objects:
+        cells = [obj] if isinstance(obj, nn.Cell) else [v for _, v in sorted(vars(obj).items())
+                                                          if isinstance(v, nn.Cell)]
+        if not isinstance(obj, nn.Cell):
+            _describe_attributes(obj, digest)
+        for cell in cells:
+            for name, sub in cell.cells_and_names():
+                digest.update(f"{name} {type(sub).__module__}.{type(sub).__qualname__}".encode())
+                if isinstance(sub, nn.Dropout) and sub.p == 0:
+                    # the identity in a graph; its primitive's random seeds
+                    # would otherwise key every run's graph by the seed
+                    continue
+                _describe_attributes(sub, digest)
+    return digest.hexdigest()
+
+
+def graph_folder(model, inputs):
+    """The folder of the graph of `model` (a model_digest) run on `inputs`."""
+    digest = hashlib.sha256(repr((ms.__version__, backend.device(), backend._state["kernels"],
+                                  ms.get_context("mode"), _sources_digest(), model)).encode())
+    for x in inputs:
+        _describe(x if not isinstance(x, Tensor) else (x.shape, str(x.dtype)), digest)
+    return os.path.join(cache_root(), digest.hexdigest()[:32])
+
+
+@contextlib.contextmanager
+def compile_cache(model, inputs):
+    """MindSpore's compile cache, in this graph's own folder, for the calls
+    inside (None for `model` or no cache root: nothing changes)."""
+    if model is None or cache_root() is None:
+        yield
+        return
+    folder = graph_folder(model, inputs)
+    logger.info("compile cache: %s", folder)
+    ms.set_context(enable_compile_cache=True, compile_cache_path=folder)
+    try:
+        yield
+    finally:
+        ms.set_context(enable_compile_cache=False)
