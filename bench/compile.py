@@ -6,12 +6,15 @@ download) and the `mid` config of bench/unet.py, each in its own process.
 
 The graph's size is the topology's, not the input's, so a small input (2
 frames of 8x8 latents by default) keeps the run short; compile time is the
-first call minus a second, already compiled, call.
+first call minus a second, already compiled, call. Each job runs twice, in fresh
+processes sharing an empty compile cache (tuneavideo_ms.graph_cache): the first
+compiles the graph, the second loads it.
 """
 import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +54,7 @@ def measure(name, recompute, frames, size):
     times = []
     for _ in range(2):
         start = time.perf_counter()
-        step.step(*args)[0].asnumpy()
+        step(*args)[0].asnumpy()
         times.append(time.perf_counter() - start)
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
     return {"params_m": sum(p.size for p in unet.get_parameters()) / 1e6, "first_s": times[0],
@@ -66,23 +69,30 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = []
-    for name in args.configs:
-        for recompute in (False, True):
-            print(f"{name} recompute={recompute} ...", file=sys.stderr, flush=True)
-            code = (f"import sys, json; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); import compile; "
-                    f"print('RESULT', json.dumps(compile.measure({name!r}, {recompute}, {args.frames}, "
-                    f"{args.size})))")
-            rows.append((name, recompute, run_python(code, dict(os.environ, PYTHONPATH=REPO))))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs:
+            for recompute in (False, True):
+                print(f"{name} recompute={recompute} ...", file=sys.stderr, flush=True)
+                code = (f"import sys, json; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); import compile; "
+                        f"print('RESULT', json.dumps(compile.measure({name!r}, {recompute}, {args.frames}, "
+                        f"{args.size})))")
+                # a fresh cache: the first run compiles and stores the graph, the second loads it
+                cache = os.path.join(tmp, f"{name}-{recompute}")
+                env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=cache)
+                compiled = run_python(code, env)
+                rows.append((name, recompute, compiled, run_python(code, env) if compiled else None))
     print(f"training step, graph mode, CPU, {args.frames} frames of {args.size}x{args.size} latents\n")
-    print("| config | parameters | gradient checkpointing | compile (s) | compiled step (s) | peak RSS (GiB) |")
-    print("|---|---|---|---|---|---|")
-    for name, recompute, r in rows:
+    print("| config | parameters | gradient checkpointing | compile (s) | load from the compile cache (s) | "
+          "compiled step (s) | peak RSS (GiB): compiled / loaded |")
+    print("|---|---|---|---|---|---|---|")
+    for name, recompute, r, cached in rows:
         checkpointing = "yes" if recompute else "no"
         if r is None:
-            print(f"| {name} | - | {checkpointing} | killed: out of memory | - | above this machine's |")
+            print(f"| {name} | - | {checkpointing} | killed: out of memory | - | - | above this machine's |")
             continue
         print(f"| {name} | {r['params_m']:.0f} M | {checkpointing} | {r['compile_s']:.1f} | "
-              f"{r['second_s']:.2f} | {r['peak_rss_gb']:.2f} |")
+              f"{cached['compile_s']:.1f} | {r['second_s']:.2f} | "
+              f"{r['peak_rss_gb']:.2f} / {cached['peak_rss_gb']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -17,6 +17,12 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    # graphs the tests compile go to the session's temporary folder, not the user's cache
+    os.environ["TUNEAVIDEO_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("graphs"))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

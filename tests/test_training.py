@@ -249,7 +249,7 @@ def test_gradient_accumulation_equals_the_larger_batch(rng):
         toy = Toy()
         step = training.TrainStep(toy, [toy.weight], AdamW([toy.weight]), "v_prediction", 0.18, 1.0)
         shape = lambda a: ms.Tensor(a.reshape((micro, 2 // micro) + a.shape[1:]))  # noqa: E731
-        loss, finite = step.step(mean, std, shape(inputs[0]), shape(inputs[1]), shape(alpha ** 0.5),
+        loss, finite = step(mean, std, shape(inputs[0]), shape(inputs[1]), shape(alpha ** 0.5),
                                  shape((1 - alpha) ** 0.5), shape(np.array([[3.0], [700.0]], np.float32)),
                                  context, ms.Tensor(1.0, ms.float32), ms.Tensor(0.1, ms.float32))
         assert bool(finite.asnumpy())

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -128,9 +129,15 @@ def graph_folder(model, inputs):
 
 @contextlib.contextmanager
 def compile_cache(model, inputs):
-    """MindSpore's compile cache, in this graph's own folder, for the calls
-    inside (None for `model` or no cache root: nothing changes)."""
-    if model is None or cache_root() is None:
+    """MindSpore's compile cache, in the folder of the graph of `model` (a
+    model_digest) on `inputs`, for the compiles inside; nothing changes when
+    the cache is off."""
+    if cache_root() is None:
+        yield
+        return
+    if not (sys.argv and os.path.isfile(sys.argv[0])):
+        # MindSpore hashes the entry script with the graph and fails on `python -c`
+        logger.info("compile cache off: the entry point %r is not a script file", sys.argv[:1])
         yield
         return
     folder = graph_folder(model, inputs)
@@ -140,3 +147,24 @@ def compile_cache(model, inputs):
         yield
     finally:
         ms.set_context(enable_compile_cache=False)
+
+
+def _signature(x):
+    return (tuple(x.shape), str(x.dtype)) if isinstance(x, Tensor) else repr(x)
+
+
+class CachedCompile:
+    """Mixed into a cell: its graph-mode compiles go through the compile
+    cache. MindSpore calls `compile` on every call of a cell in graph mode and
+    compiles only new input signatures; so does this, for the cache."""
+
+    def compile(self, *args, **kwargs):
+        inputs = list(args) + [kwargs[k] for k in sorted(kwargs)]
+        signature = tuple(_signature(x) for x in inputs) + tuple(sorted(kwargs))
+        seen = self.__dict__.setdefault("_compiled_signatures", set())
+        if signature in seen:
+            super().compile(*args, **kwargs)
+            return
+        with compile_cache(model_digest(self), inputs):
+            super().compile(*args, **kwargs)
+        seen.add(signature)

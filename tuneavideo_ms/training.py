@@ -89,20 +89,20 @@ def clip_grad_norm(grads, max_norm):
     return tuple([g * scale.astype(g.dtype) for g in grads])
 
 
-class TrainStep(nn.Cell):
+class TrainStep(graph_cache.CachedCompile, nn.Cell):
     """The numerics of one optimizer step as one compiled graph (in graph
     mode): loss and gradients over the micro-batches, the gradient check,
     clipping and AdamW. When the gradients are not finite (an fp16 overflow)
     the update is masked out and the step reports it, so the host can skip it.
 
     Gradients never leave the graph: MindSpore 2.10 re-traces a jitted
-    function on every call that takes a tuple of a hundred tensors. A cell
-    rather than a jitted function: MindSpore's compile cache binds a loaded
-    graph's parameters through its cell (a cached jitted function read none
+    function on every call that takes a tuple of a hundred tensors. A cell:
+    MindSpore's compile cache binds a loaded graph's parameters through its
+    cell (loaded from the cache, a jitted method of a plain object read none
     of them: wrong losses, no update)."""
 
     def __init__(self, unet, params, optimizer, prediction_type, scaling_factor, max_grad_norm, grad_reducer=None):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # the parameters keep their names (checkpoints go by them)
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"cannot train a {prediction_type!r} model (epsilon or v_prediction)")
         self.unet, self.optimizer = unet, optimizer
@@ -110,21 +110,6 @@ class TrainStep(nn.Cell):
         self.scaling_factor, self.max_grad_norm = scaling_factor, max_grad_norm
         self.grad_reducer = grad_reducer
         self.grad_fn = ms.value_and_grad(self.loss, None, params, has_aux=True)
-        self.model_digest = None  # taken at the first call in graph mode
-        self.signatures = set()
-
-    def step(self, *inputs):
-        """One optimizer step (the arguments of `construct`). In graph mode a
-        compiled graph, loaded from the compile cache when an earlier run has
-        compiled it."""
-        signature = tuple((x.shape, x.dtype) for x in inputs)
-        if ms.get_context("mode") != ms.GRAPH_MODE or signature in self.signatures:
-            return self(*inputs)
-        self.signatures.add(signature)
-        if self.model_digest is None:
-            self.model_digest = graph_cache.model_digest(self)
-        with graph_cache.compile_cache(self.model_digest, inputs):
-            return self(*inputs)
 
     def loss(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale):
         latents = (mean + std * vae_noise) * self.scaling_factor
@@ -352,7 +337,7 @@ def _train(c, rank, world_size):
         timesteps = np.stack(timesteps)
         alpha = noise_scheduler.alphas_cumprod[timesteps].reshape(timesteps.shape + (1, 1, 1, 1))
         lr = learning_rate * schedule(step - 1)
-        loss, finite = step_fn.step(
+        loss, finite = step_fn(
             mean, std, ms.Tensor(np.stack(vae_noise)), ms.Tensor(np.stack(noise)), ms.Tensor(alpha ** 0.5),
             ms.Tensor((1 - alpha) ** 0.5), ms.Tensor(timesteps.astype(np.float32)), context,
             ms.Tensor(scaler.scale, ms.float32), ms.Tensor(lr, ms.float32))

@@ -1,0 +1,91 @@
+"""The compile cache: a graph's folder changes with anything the graph is made
+of, and a training step loaded from it trains the weights loaded now."""
+import json
+import os
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+
+from tuneavideo_ms import graph_cache
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Toy(nn.Cell):
+    def __init__(self, scale=2.0, shift=0.5, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.weight = Parameter(Tensor(rng.standard_normal((1, 4, 1, 1, 1)).astype(np.float32)), name="weight")
+        self.shift = Tensor(np.full((4,), shift, np.float32))
+        self.scale = scale
+        self.dropout = nn.Dropout(p=0.0)
+
+    def construct(self, x, t, context):
+        return self.dropout(x * self.weight * self.scale) + self.shift.reshape(1, 4, 1, 1, 1) + context.mean()
+
+
+def _folder(cell, shape=(1, 4, 2, 2, 2), dtype=ms.float32):
+    return graph_cache.graph_folder(graph_cache.model_digest(cell), [Tensor(np.zeros(shape), dtype)])
+
+
+def test_graph_folder_follows_what_the_graph_is_made_of(monkeypatch):
+    monkeypatch.setenv("TUNEAVIDEO_COMPILE_CACHE", "/cache")
+    ms.set_seed(1)
+    base = _folder(Toy())
+    ms.set_seed(2)  # other dropout seeds, other weights: the same graph
+    assert _folder(Toy(seed=1)) == base and os.path.dirname(base) == "/cache"
+    assert _folder(Toy(scale=3.0)) != base  # a Python constant
+    assert _folder(Toy(shift=0.25)) != base  # a constant tensor, by value
+    frozen = Toy()
+    frozen.weight.requires_grad = False
+    assert _folder(frozen) != base
+    assert _folder(Toy(), shape=(1, 4, 2, 2, 3)) != base
+    assert _folder(Toy(), dtype=ms.float16) != base
+    monkeypatch.setenv("TUNEAVIDEO_COMPILE_CACHE", "off")
+    assert graph_cache.cache_root() is None
+
+
+STEP = """
+import json, sys
+import mindspore as ms, numpy as np
+sys.path.insert(0, {tests!r})
+from test_graph_cache import Toy
+from tuneavideo_ms import backend, training
+from tuneavideo_ms.optim import AdamW
+backend.setup("CPU", "graph")
+toy = Toy(seed=int(sys.argv[1]))
+step = training.TrainStep(toy, [toy.weight], AdamW([toy.weight]), "epsilon", 0.18, 1.0)
+rng = np.random.default_rng(0)
+t = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))
+alpha = lambda a: ms.Tensor(np.full((1, 1, 1, 1, 1, 1), a, np.float32))
+inputs = (t(1, 4, 2, 2, 2), t(1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), alpha(0.6), alpha(0.8),
+          ms.Tensor([[10.0]]), t(1, 3, 5), ms.Tensor(1.0), ms.Tensor(0.1))
+losses = [float(step(*inputs)[0].asnumpy()) for _ in range(2)]
+print("RESULT", json.dumps([losses, toy.weight.asnumpy().ravel().tolist()]))
+"""
+
+
+def _train(folder, seed, cache):
+    script = folder / "train_step.py"  # a file: MindSpore's cache hashes the entry script
+    script.write_text(STEP.format(tests=os.path.join(REPO, "tests")))
+    env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=str(cache))
+    out = subprocess.run([sys.executable, str(script), str(seed)], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.split("RESULT", 1)[1])
+
+
+def _files(folder):
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(folder) for f in fs}
+
+
+def test_cached_training_step_trains_the_loaded_weights(tmp_path):
+    cache = tmp_path / "graphs"
+    first = _train(tmp_path, 0, cache)
+    graphs = _files(cache)
+    assert any(name.endswith(".mindir") for name in graphs)
+    other_weights = _train(tmp_path, 1, cache)
+    assert _files(cache) == graphs  # loaded, not compiled again
+    assert other_weights == _train(tmp_path, 1, "off") != first
