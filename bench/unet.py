@@ -124,7 +124,7 @@ def run_mindspore(name, job, folder, threads, repeat):
 def _child(framework, name, job, folder, threads, repeat, cache):
     """Runs one job in a fresh process; returns (seconds, peak RSS in GiB)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=cache)
-    code = (f"import sys; sys.argv = ['unet.py']; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); "
+    code = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); "
             f"import unet, json; s = unet.run_{framework}({name!r}, {job!r}, {folder!r}, {threads}, {repeat}); "
             "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')); "
             "print('RESULT', json.dumps([s, hwm / 2 ** 20]))")
