@@ -42,6 +42,9 @@ def test_graph_folder_follows_what_the_graph_is_made_of(monkeypatch):
     frozen = Toy()
     frozen.weight.requires_grad = False
     assert _folder(frozen) != base
+    recomputed = Toy()
+    recomputed.recompute()
+    assert _folder(recomputed) != base
     assert _folder(Toy(), shape=(1, 4, 2, 2, 3)) != base
     assert _folder(Toy(), dtype=ms.float16) != base
     monkeypatch.setenv("TUNEAVIDEO_COMPILE_CACHE", "off")
@@ -64,6 +67,7 @@ alpha = lambda a: ms.Tensor(np.full((1, 1, 1, 1, 1, 1), a, np.float32))
 inputs = (t(1, 4, 2, 2, 2), t(1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), alpha(0.6), alpha(0.8),
           ms.Tensor([[10.0]]), t(1, 3, 5), ms.Tensor(1.0), ms.Tensor(0.1))
 losses = [float(step(*inputs)[0].asnumpy()) for _ in range(2)]
+step(*inputs[:-3], t(1, 3, 6), *inputs[-2:])  # a second graph: compiled, not cached (one per process)
 print("RESULT", json.dumps([losses, toy.weight.asnumpy().ravel().tolist()]))
 """
 
@@ -85,7 +89,7 @@ def test_cached_training_step_trains_the_loaded_weights(tmp_path):
     cache = tmp_path / "graphs"
     first = _train(tmp_path, 0, cache)
     graphs = _files(cache)
-    assert any(name.endswith(".mindir") for name in graphs)
+    assert [os.path.basename(name) for name in graphs if name.endswith(".mindir")] == ["compile_cache_0.mindir"]
     other_weights = _train(tmp_path, 1, cache)
     assert _files(cache) == graphs  # loaded, not compiled again
     assert other_weights == _train(tmp_path, 1, "off") != first

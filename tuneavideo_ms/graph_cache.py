@@ -1,17 +1,20 @@
-"""Compiled graphs kept on disk, so a second run loads its training step
-instead of compiling it again (SD 1.5 on CPU: about 80 s, and most of the
-mid config's peak memory, which the compiler leaves behind).
+"""Compiled graphs kept on disk, so a second run loads its training step (or
+an inference run its denoiser) instead of compiling it again (SD 1.5's
+training step on CPU: 80-100 s, and most of the mid config's peak memory,
+which the compiler leaves behind).
 
 MindSpore's compile cache is unsafe on its own: it files graphs by the order
 in which a process compiles them and checks only the entry script's sources,
 so a different model, input shape or constant, or graphs compiled in another
-order, load the wrong graph without an error (measured with 2.10). Every
-graph here gets its own folder, named by a hash of everything the graph is
-made of: this package's sources, MindSpore's version, the backend, each
-cell's class and attributes (constant tensors by value, parameters by name,
-shape, dtype and whether they train) and the inputs' shapes and dtypes.
-Parameter values are not part of a graph, so a cached step trains whatever
-weights are loaded.
+order, load the wrong graph without an error (measured with 2.10). Here a
+graph gets its own folder, named by a hash of everything the graph is made
+of: this package's sources, MindSpore's version, the backend, each cell's
+class and attributes (constant tensors by value, parameters by name, shape,
+dtype and whether they train) and the inputs' shapes and dtypes. Parameter
+values are not part of a graph, so a cached step trains whatever weights are
+loaded. One graph per process: MindSpore keeps writing to the folder of the
+first cached compile, whatever the path says later, so later graphs would
+share it by compile order again; they compile.
 
 TUNEAVIDEO_COMPILE_CACHE names the folder (default
 ~/.cache/tuneavideo_ms/graphs); "off" turns the cache off.
@@ -35,6 +38,8 @@ logger = logging.getLogger(__name__)
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # Cell attributes that differ between two builds of the same cell
 _VOLATILE = frozenset({"_create_time"})
+_CACHE_VARIABLES = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
+_first = {"taken": False}  # whether this process has had its cached compile
 
 
 def cache_home():
@@ -130,9 +135,9 @@ def graph_folder(model, inputs):
 @contextlib.contextmanager
 def compile_cache(model, inputs):
     """MindSpore's compile cache, in the folder of the graph of `model` (a
-    model_digest) on `inputs`, for the compiles inside; nothing changes when
-    the cache is off."""
-    if cache_root() is None:
+    model_digest) on `inputs`, for the compiles inside, if this process has not
+    used it yet; nothing changes when the cache is off."""
+    if cache_root() is None or _first["taken"]:
         yield
         return
     if not (sys.argv and os.path.isfile(sys.argv[0])):
@@ -140,13 +145,20 @@ def compile_cache(model, inputs):
         logger.info("compile cache off: the entry point %r is not a script file", sys.argv[:1])
         yield
         return
+    _first["taken"] = True
     folder = graph_folder(model, inputs)
     logger.info("compile cache: %s", folder)
-    ms.set_context(enable_compile_cache=True, compile_cache_path=folder)
+    # read at each compile; set_context's enable_compile_cache is deprecated
+    saved = {name: os.environ.get(name) for name in _CACHE_VARIABLES}
+    os.environ.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=folder)
     try:
         yield
     finally:
-        ms.set_context(enable_compile_cache=False)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _signature(x):

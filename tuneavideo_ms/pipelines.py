@@ -8,6 +8,7 @@ import numpy as np
 from mindspore import nn, ops
 from tqdm.auto import tqdm
 
+from .graph_cache import CachedCompile
 from .models import UNet3DConditionModel
 from .models.modeling import read_config
 from .models.text_encoder import CLIPTextModel
@@ -23,10 +24,11 @@ class TuneAVideoPipelineOutput:
     videos: np.ndarray  # float32 [b, 3, f, H, W] in [0, 1]
 
 
-class GuidedDenoiser(nn.Cell):
+class GuidedDenoiser(CachedCompile, nn.Cell):
     """The UNet and classifier-free guidance as one cell: in graph mode it is
-    compiled once per shape and reused across steps, prompts and videos
-    (the timestep and guidance scale are tensor inputs, not constants)."""
+    compiled once per shape (or loaded from the compile cache) and reused
+    across steps, prompts and videos (the timestep and guidance scale are
+    tensor inputs, not constants)."""
 
     def __init__(self, unet, guided):
         super().__init__()

@@ -3,7 +3,6 @@ import json
 import os
 
 from ..atomic import atomic_dir
-from ..graph_cache import CachedCompile
 from ..weights import WeightsError, find_weight_file, iter_tensors, load_into, save_safetensors, state_dict
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.ckpt")
@@ -45,9 +44,8 @@ def load_weights(model, folder, weight_names=WEIGHT_NAMES, may_be_missing=lambda
     return path
 
 
-class ModelMixin(CachedCompile):
-    """from_pretrained / save_pretrained for cells built from a config dict
-    (`self.config`); their graph-mode compiles go through the compile cache."""
+class ModelMixin:
+    """from_pretrained / save_pretrained for cells built from a config dict (`self.config`)."""
 
     weight_names = WEIGHT_NAMES  # looked for in this order; the first is what save_pretrained writes
     ignored_weights = ()  # buffers some exports carry that are not parameters
