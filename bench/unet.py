@@ -14,8 +14,9 @@ A job the machine's memory cannot hold is killed and shows as "out of memory".
 Rows: forward without grad; one training step (attn1.to_q, attn2.to_q and
 attn_temp trainable, AdamW, loss, backward, clipping, update); the same step
 with gradient checkpointing; peak RSS, and peak RSS when each job runs again
-and loads its graph from the compile cache the first run filled. Times are the best of --repeat calls after one
-warm-up call (the warm-up is where MindSpore compiles: bench/compile.py).
+and loads its graph from the compile cache the first run filled. Times are the
+best of --repeat calls after one warm-up call (the warm-up is where MindSpore
+compiles: bench/compile.py).
 """
 import argparse
 import json

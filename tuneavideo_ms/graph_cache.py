@@ -103,40 +103,35 @@ def _describe_attributes(obj, digest):
             _describe(value, digest)
 
 
-def model_digest(*objects):
-    """The hash of the cells (every sub-cell's class and attributes) and
-    plain objects (their attributes, cells among them walked) a graph runs."""
+def model_digest(cell):
+    """The hash of a cell: every sub-cell's class and attributes."""
     digest = hashlib.sha256()
-    for obj in objects:
-        cells = [obj] if isinstance(obj, nn.Cell) else [v for _, v in sorted(vars(obj).items())
-                                                          if isinstance(v, nn.Cell)]
-        if not isinstance(obj, nn.Cell):
-            _describe_attributes(obj, digest)
-        for cell in cells:
-            for name, sub in cell.cells_and_names():
-                digest.update(f"{name} {type(sub).__module__}.{type(sub).__qualname__}".encode())
-                if isinstance(sub, nn.Dropout) and sub.p == 0:
-                    # the identity in a graph; its primitive's random seeds
-                    # would otherwise key every run's graph by the seed
-                    continue
-                _describe_attributes(sub, digest)
+    for name, sub in cell.cells_and_names():
+        digest.update(f"{name} {type(sub).__module__}.{type(sub).__qualname__}".encode())
+        if isinstance(sub, nn.Dropout) and sub.p == 0:
+            # the identity in a graph; its primitive's random seeds would
+            # otherwise key every run's graph by the seed
+            continue
+        _describe_attributes(sub, digest)
     return digest.hexdigest()
 
 
-def graph_folder(model, inputs):
-    """The folder of the graph of `model` (a model_digest) run on `inputs`."""
-    digest = hashlib.sha256(repr((ms.__version__, backend.device(), backend._state["kernels"],
-                                  ms.get_context("mode"), _sources_digest(), model)).encode())
-    for x in inputs:
-        _describe(x if not isinstance(x, Tensor) else (x.shape, str(x.dtype)), digest)
-    return os.path.join(cache_root(), digest.hexdigest()[:32])
+def _signature(x):
+    return (tuple(x.shape), str(x.dtype)) if isinstance(x, Tensor) else repr(x)
+
+
+def graph_folder(cell, inputs):
+    """The folder of the graph of `cell` run on `inputs`."""
+    key = (ms.__version__, backend.device(), backend._state["kernels"], ms.get_context("mode"), _sources_digest(),
+           model_digest(cell), [_signature(x) for x in inputs])
+    return os.path.join(cache_root(), hashlib.sha256(repr(key).encode()).hexdigest()[:32])
 
 
 @contextlib.contextmanager
-def compile_cache(model, inputs):
-    """MindSpore's compile cache, in the folder of the graph of `model` (a
-    model_digest) on `inputs`, for the compiles inside, if this process has not
-    used it yet; nothing changes when the cache is off."""
+def compile_cache(cell, inputs):
+    """MindSpore's compile cache, in the folder of the graph of `cell` on
+    `inputs`, for the compiles inside, if this process has not used it yet;
+    nothing changes when the cache is off."""
     if cache_root() is None or _first["taken"]:
         yield
         return
@@ -146,7 +141,7 @@ def compile_cache(model, inputs):
         yield
         return
     _first["taken"] = True
-    folder = graph_folder(model, inputs)
+    folder = graph_folder(cell, inputs)
     logger.info("compile cache: %s", folder)
     # read at each compile; set_context's enable_compile_cache is deprecated
     saved = {name: os.environ.get(name) for name in _CACHE_VARIABLES}
@@ -161,10 +156,6 @@ def compile_cache(model, inputs):
                 os.environ[name] = value
 
 
-def _signature(x):
-    return (tuple(x.shape), str(x.dtype)) if isinstance(x, Tensor) else repr(x)
-
-
 class CachedCompile:
     """Mixed into a cell: its graph-mode compiles go through the compile
     cache. MindSpore calls `compile` on every call of a cell in graph mode and
@@ -177,6 +168,6 @@ class CachedCompile:
         if signature in seen:
             super().compile(*args, **kwargs)
             return
-        with compile_cache(model_digest(self), inputs):
+        with compile_cache(self, inputs):
             super().compile(*args, **kwargs)
         seen.add(signature)
