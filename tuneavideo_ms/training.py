@@ -26,7 +26,7 @@ from .editing import invert_clip, sample_edits
 from .models import UNet3DConditionModel
 from .models.attention import Transformer3DModel
 from .models.resnet import ResnetBlock3D
-from .optim import AdamW, lr_lambda
+from .optim import AdamW, hyper_map, lr_lambda
 from .pipelines import TuneAVideoPipeline
 from .weights import read_state_dict, save_safetensors
 
@@ -84,9 +84,17 @@ def clip_grad_norm(grads, max_norm):
     when that is below 1. ops.clip_by_global_norm has no 1e-6 and divides every
     gradient, and MindSpore 2.10's CPU Div holds about 4.5x its output for as
     long as the graph lives."""
-    norm = ops.sqrt(ops.addn([ops.square(g.astype(ms.float32)).sum() for g in grads]))
+    norm = ops.sqrt(ops.addn(hyper_map(_square_sum, grads)))
     scale = ops.minimum(max_norm / (norm + 1e-6), 1.0)
-    return tuple([g * scale.astype(g.dtype) for g in grads])
+    return hyper_map(ops.partial(_scale, scale), grads)
+
+
+def _square_sum(g):
+    return ops.square(g.astype(ms.float32)).sum()
+
+
+def _scale(factor, g):
+    return g * factor.astype(g.dtype)
 
 
 class TrainStep(graph_cache.CachedCompile, nn.Cell):
@@ -131,12 +139,11 @@ class TrainStep(graph_cache.CachedCompile, nn.Cell):
             (_, loss), g = self.grad_fn(mean, std, vae_noise[k], noise[k], sqrt_alpha[k], sqrt_one_minus_alpha[k],
                                         timesteps[k], context, loss_scale)
             total = total + loss
-            grads = g if grads is None else tuple([a + b for a, b in zip(grads, g)])
-        inv = 1.0 / (loss_scale * micro_batches)
-        grads = tuple([g * inv for g in grads])
+            grads = g if grads is None else hyper_map(ops.add, grads, g)
+        grads = hyper_map(ops.partial(_scale, 1.0 / (loss_scale * micro_batches)), grads)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
-        finite = ops.isfinite(ops.addn([g.sum() for g in grads]))
+        finite = ops.isfinite(ops.addn(hyper_map(ops.sum, grads)))
         self.optimizer(clip_grad_norm(grads, self.max_grad_norm), lr, finite)
         return total / micro_batches, finite
 
