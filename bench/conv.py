@@ -25,18 +25,19 @@ def main():
     w_np = rng.standard_normal((c, c, 3, 3), dtype=np.float32) * 0.05
     b_np = rng.standard_normal(c, dtype=np.float32)
     x, weight, bias = ms.Tensor(x_np), ms.Tensor(w_np), ms.Tensor(b_np)
+    flat = ms.Tensor(w_np.reshape(c, -1))  # the matmul kernel's layout
     conv = nn.Conv2d(c, c, 3, pad_mode="pad", padding=1, has_bias=True)
     conv.weight.set_data(weight)
     conv.bias.set_data(bias)
     reference = conv(x).asnumpy()
 
     def matmul_conv(x, weight, bias):
-        return backend.conv2d_matmul(x, weight, bias, 1, 1)
+        return backend.conv2d_matmul(x, weight, bias, 3, 1, 1)
 
     jitted = ms.jit(matmul_conv)
     rows = [("MindSpore nn.Conv2d (PyNative)", lambda: conv(x).asnumpy()),
-            ("MatMul conv, PyNative", lambda: matmul_conv(x, weight, bias).asnumpy()),
-            ("MatMul conv, ms.jit (graph)", lambda: jitted(x, weight, bias).asnumpy())]
+            ("MatMul conv, PyNative", lambda: matmul_conv(x, flat, bias).asnumpy()),
+            ("MatMul conv, ms.jit (graph)", lambda: jitted(x, flat, bias).asnumpy())]
     try:
         import torch
         torch.set_num_threads(ms.get_context("runtime_num_threads") or 2)

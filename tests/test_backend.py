@@ -23,21 +23,23 @@ def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, p
     x = ms.Tensor(rng.standard_normal(shape, dtype=np.float32))
     w = ms.Tensor(rng.standard_normal((out_channels, shape[1], kernel, kernel), dtype=np.float32) * 0.1)
     b = ms.Tensor(rng.standard_normal(out_channels, dtype=np.float32))
-    fast = backend.conv2d_matmul(x, w, b, stride, padding).asnumpy()
-    portable = backend.conv2d_portable(x, w, b, stride, padding).asnumpy()
+    flat = w.reshape(out_channels, -1)  # the matmul kernel's layout
+    fast = backend.conv2d_matmul(x, flat, b, kernel, stride, padding).asnumpy()
+    portable = backend.conv2d_portable(x, w, b, kernel, stride, padding).asnumpy()
     assert fast.shape == portable.shape
     assert rel_err(fast, portable) < 1e-6
     # training differentiates through it: the written-out backward must agree with the portable one's
     upstream = ms.Tensor(rng.standard_normal(fast.shape, dtype=np.float32))
 
-    def grads(kernel, jit):
+    def grads(conv, weight, jit):
         def loss(x, w, b):
-            return (kernel(x, w, b, stride, padding) * upstream).sum()
+            return (conv(x, w, b, kernel, stride, padding) * upstream).sum()
         fn = ms.grad(loss, (0, 1, 2))
-        return [g.asnumpy() for g in (ms.jit(fn) if jit else fn)(x, w, b)]
-    portable = grads(backend.conv2d_portable, False)
+        return [g.asnumpy() for g in (ms.jit(fn) if jit else fn)(x, weight, b)]
+    portable = grads(backend.conv2d_portable, w, False)
     for jit in (False, True):
-        for g_fast, g_portable in zip(grads(backend.conv2d_matmul, jit), portable):
+        g_x, g_w, g_b = grads(backend.conv2d_matmul, flat, jit)
+        for g_fast, g_portable in zip((g_x, g_w.reshape(w.shape), g_b), portable):
             assert rel_err(g_fast, g_portable) < 1e-5
 
 

@@ -9,10 +9,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import rel_err
 from torch_reference import SD1_CONFIG, make_unet_2d
+from tuneavideo_ms import backend
 from tuneavideo_ms.models import UNet3DConditionModel
-from tuneavideo_ms.weights import (TensorRef, WeightsError, read_state_dict, write_mindspore_ckpt,
-                                   write_safetensors)
+from tuneavideo_ms.models.attention import PointwiseConv
+from tuneavideo_ms.models.resnet import InflatedConv3d
+from tuneavideo_ms.weights import (TensorRef, WeightsError, load_into, read_state_dict, state_dict,
+                                   write_mindspore_ckpt, write_safetensors)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +114,24 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(sd_unet, tmp_path):
     # a tuned video UNet must carry its temporal layers
     with pytest.raises(WeightsError, match=r"missing: .*attn_temp"):
         UNet3DConditionModel.from_pretrained(str(root / "st"))
+
+
+def test_convolution_weights_have_checkpoint_shapes_in_either_layout(rng, monkeypatch):
+    """The CPU convolution keeps its weight [out, in * k * k] (in a training
+    graph the reshape of a 4-D Parameter is a copy kept until the backward);
+    checkpoints hold [out, in, k, k] either way and move between the layouts."""
+    fast = InflatedConv3d(4, 6, 3, padding=1)
+    monkeypatch.setitem(backend._state, "kernels", "portable")
+    portable = InflatedConv3d(4, 6, 3, padding=1)
+    assert fast.weight.shape == (6, 36) and portable.weight.shape == (6, 4, 3, 3)
+    assert state_dict(fast)["weight"].shape == (6, 4, 3, 3)
+    x = ms.Tensor(rng.standard_normal((1, 4, 2, 5, 5)).astype(np.float32))
+    load_into(portable, state_dict(fast))
+    assert rel_err(portable(x).asnumpy(), fast(x).asnumpy()) < 1e-6
+    load_into(fast, {"weight": np.ones((6, 4, 3, 3), np.float32), "bias": np.zeros(6, np.float32)})
+    load_into(portable, state_dict(fast))
+    assert rel_err(portable(x).asnumpy(), fast(x).asnumpy()) < 1e-6
+    assert state_dict(PointwiseConv(4, 6))["weight"].shape == (6, 4, 1, 1)
 
 
 def test_missing_config_or_weights(sd_unet, tmp_path):

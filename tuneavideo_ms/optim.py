@@ -69,7 +69,7 @@ class AdamW(nn.Cell):
         for p in list(self.exp_avg) + list(self.exp_avg_sq):
             if p.name not in state:
                 raise ValueError(f"optimizer state has no {p.name}")
-            p.set_data(Tensor(state[p.name]))
+            p.set_data(Tensor(state[p.name].reshape(p.shape)))
         self.step.set_data(Tensor(int(np.asarray(state["step"]).reshape(-1)[0]), ms.int32))
 
 

@@ -213,7 +213,7 @@ def load_checkpoint(path, params, optimizer, scaler):
         raise ValueError(f"{path} trains other parameters than this config: "
                          f"{sorted(set(weights) ^ names)[:5]} differ")
     for p in params:
-        p.set_data(ms.Tensor(weights[p.name]))
+        p.set_data(ms.Tensor(weights[p.name].reshape(p.shape)))  # a convolution saved on another backend
     optimizer.load_state(read_state_dict(os.path.join(path, "optimizer.safetensors")))
     scaler.load_state(state["loss_scale"])
     logger.info("resumed from %s (step %d)", path, state["step"])

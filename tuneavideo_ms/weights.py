@@ -460,10 +460,11 @@ def load_into(cell, state, source="checkpoint", may_be_missing=lambda name: Fals
     naming them all."""
     from mindspore import Tensor
     params = dict(cell.parameters_and_names())
+    shapes = checkpoint_shapes(cell)
     missing = [n for n in params if n not in state and not may_be_missing(n)]
     unexpected = [n for n in state if n not in params]
-    mismatched = [f"{n} {tuple(state[n].shape)} vs {tuple(params[n].shape)} in the model"
-                  for n in state if n in params and tuple(state[n].shape) != tuple(params[n].shape)]
+    mismatched = [f"{n} {tuple(state[n].shape)} vs {shapes[n]} in the model"
+                  for n in state if n in params and tuple(state[n].shape) != shapes[n]]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing: {_listing(missing)}")
@@ -475,8 +476,20 @@ def load_into(cell, state, source="checkpoint", may_be_missing=lambda name: Fals
         raise WeightsError(f"{source} does not fit {type(cell).__name__}: " + "; ".join(problems))
     for name, param in params.items():
         if name in state:
-            param.set_data(Tensor(np.asarray(state[name]), dtype=param.dtype))
+            param.set_data(Tensor(np.asarray(state[name]).reshape(param.shape), dtype=param.dtype))
+
+
+def checkpoint_shapes(cell):
+    """{parameter name: its shape in checkpoints}: the parameter's own, or the
+    one its cell records in `checkpoint_shapes` (the CPU convolutions keep
+    their weights [out, in * k * k])."""
+    shapes = {name: tuple(p.shape) for name, p in cell.parameters_and_names()}
+    for prefix, sub in cell.cells_and_names():
+        for name, shape in getattr(sub, "checkpoint_shapes", {}).items():
+            shapes[f"{prefix}.{name}" if prefix else name] = tuple(shape)
+    return shapes
 
 
 def state_dict(cell):
-    return {name: p.asnumpy() for name, p in cell.parameters_and_names()}
+    shapes = checkpoint_shapes(cell)
+    return {name: p.asnumpy().reshape(shapes[name]) for name, p in cell.parameters_and_names()}

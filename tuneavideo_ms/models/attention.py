@@ -173,16 +173,17 @@ class Transformer3DModel(nn.Cell):
 
 
 class PointwiseConv(nn.Cell):
-    """A 1x1 Conv2d applied to channel-last tokens [n, l, c]; weight [out, in, 1, 1]."""
+    """A 1x1 Conv2d applied to channel-last tokens [n, l, c]; weight [out, in]
+    ([out, in, 1, 1] in checkpoints)."""
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
-        self.weight, self.bias = conv_parameters(in_channels, out_channels, 1)
+        self.weight, self.bias = conv_parameters(self, in_channels, out_channels, 1, flat=True)
         self.out_channels = out_channels
         self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
         n, length, c = x.shape
-        w = self.weight.reshape(self.out_channels, -1).astype(x.dtype)
+        w = self.weight.astype(x.dtype)
         out = ops.bias_add(self.matmul(x.reshape(n * length, c), w), self.bias.astype(x.dtype))
         return out.reshape(n, length, self.out_channels)

@@ -9,32 +9,41 @@ from .. import backend
 from .normalization import GroupNorm
 
 
-def conv_parameters(in_channels, out_channels, kernel_size):
+def conv_parameters(cell, in_channels, out_channels, kernel_size, flat):
     """Weight and bias of a Conv2d with torch's default init (kaiming-uniform,
-    a=sqrt(5)): uniform in +-1/sqrt(fan_in)."""
+    a=sqrt(5)): uniform in +-1/sqrt(fan_in). A `flat` weight is stored
+    [out, in * k * k], the layout MatMul reads; the cell then records the 4-D
+    shape checkpoints hold (weights.state_dict and load_into convert)."""
     bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
     shape = (out_channels, in_channels, kernel_size, kernel_size)
     weight = np.random.uniform(-bound, bound, shape).astype(np.float32)
     bias = np.random.uniform(-bound, bound, out_channels).astype(np.float32)
+    if flat:
+        cell.checkpoint_shapes = {"weight": shape}
+        weight = weight.reshape(out_channels, -1)
     return Parameter(Tensor(weight), name="weight"), Parameter(Tensor(bias), name="bias")
 
 
 class InflatedConv3d(nn.Cell):
     """A 2D convolution applied to each frame: [b, c, f, h, w] -> [b, c', f, h', w'].
 
-    Weight and bias have the 2D shapes and names, so image checkpoints load as is."""
+    Weight and bias have the 2D convolution's names and, in checkpoints, shapes,
+    so image checkpoints load as is."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         super().__init__()
-        self.weight, self.bias = conv_parameters(in_channels, out_channels, kernel_size)
+        self.conv2d = backend.conv2d_kernel()
+        self.weight, self.bias = conv_parameters(self, in_channels, out_channels, kernel_size,
+                                                 flat=self.conv2d is backend.conv2d_matmul)
+        self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
-        self.conv2d = backend.conv2d_kernel()
 
     def construct(self, x):
         b, c, f, h, w = x.shape
         x = backend.swap_axes_1_2(x.reshape(b, c, f, h * w)).reshape(b * f, c, h, w)
-        x = self.conv2d(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype), self.stride, self.padding)
+        x = self.conv2d(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype), self.kernel_size, self.stride,
+                        self.padding)
         _, c, h, w = x.shape
         return backend.swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
 
