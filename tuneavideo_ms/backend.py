@@ -8,6 +8,7 @@ import logging
 import os
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 from mindspore.ops import constexpr
 
@@ -114,7 +115,8 @@ _batch_matmul = ops.BatchMatMul()
 
 def conv2d_matmul(x, weight, bias, kernel_size, stride, padding):
     """Convolution as Im2Col and MatMul, for CPU, where MindSpore's conv
-    kernel runs at about 0.5 GFLOP/s and MatMul at about 60. The weight is
+    kernel runs at about 0.5 GFLOP/s and MatMul at about 60: the path when
+    no C++ compiler builds ClipIm2ColConv's kernel. The weight is
     [out, in * k * k], the layout MatMul reads: in a MindSpore 2.10 training
     graph the reshape of a 4-D Parameter is a copy kept until the backward
     (every convolution weight of SD 1.5: 2.2 GiB)."""
@@ -137,8 +139,71 @@ def conv2d_matmul(x, weight, bias, kernel_size, stride, padding):
     return ops.bias_add(out.reshape(n, o, out_h, out_w), bias)
 
 
-def conv2d_kernel():
-    return conv2d_matmul if _state["kernels"] == "auto" and device() == "CPU" else conv2d_portable
+class FrameConv(nn.Cell):
+    """A 2-D convolution, conv2d_portable or conv2d_matmul, of each frame of
+    x [b, c, f, h, w]: the frames folded into the batch and back."""
+
+    def __init__(self, conv2d, kernel_size, stride, padding):
+        super().__init__()
+        self.conv2d = conv2d
+        self.flat_weight = conv2d is conv2d_matmul
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def construct(self, x, weight, bias):
+        b, c, f, h, w = x.shape
+        x = swap_axes_1_2(x.reshape(b, c, f, h * w)).reshape(b * f, c, h, w)
+        x = self.conv2d(x, weight, bias, self.kernel_size, self.stride, self.padding)
+        _, c, h, w = x.shape
+        return swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
+
+
+class ClipIm2ColConv(nn.Cell):
+    """FrameConv's numbers as one MatMul over the columns of the whole clip
+    (cpu_kernels.video_im2col_op), whose output is already in the clip's
+    layout: no transposes, and no copy of the weight per frame, which
+    conv2d_matmul's batched product makes and a training graph keeps for the
+    backward. Weight [out, in * k * k]. The kernel is float32; other dtypes
+    take conv2d_matmul per frame, and so does mixed precision, since
+    Cell.to_float casts a custom operator's float32 inputs too."""
+
+    flat_weight = True
+    fp16 = bf16 = False  # Cell.to_float sets them (as add_flags attributes)
+
+    def __init__(self, library, kernel_size, stride, padding):
+        super().__init__()
+        self.im2col = cpu_kernels.video_im2col_op(library)
+        self.geometry = ms.Tensor(np.zeros((kernel_size, stride, padding + 1), np.float32))
+        self.frames = FrameConv(conv2d_matmul, kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def construct(self, x, weight, bias):
+        if x.dtype != ms.float32 or self.fp16 or self.bf16:
+            return self.frames(x, weight, bias)
+        b, c, f, h, w = x.shape
+        o = weight.shape[0]
+        if self.kernel_size == 1 and self.stride == 1 and self.padding == 0:
+            cols = x.reshape(b, c, f * h * w)  # already the columns
+        else:
+            cols = self.im2col(x, self.geometry)
+        k, length = cols.shape[1], cols.shape[2]
+        if b == 1:
+            out = _matmul(weight, cols.reshape(k, length))
+        else:
+            out = _batch_matmul(ops.broadcast_to(weight, (b, o, k)), cols)
+        out = ops.bias_add(out.reshape(b, o, length), bias)
+        size = self.kernel_size - 2 * self.padding
+        return out.reshape(b, o, f, (h - size) // self.stride + 1, (w - size) // self.stride + 1)
+
+
+def conv_kernel(kernel_size, stride, padding):
+    """The per-frame convolution cell of this backend: (x [b, c, f, h, w],
+    weight, bias) -> [b, c', f, h', w']; its `flat_weight` says whether the
+    weight is [out, in * k * k] or [out, in, k, k]."""
+    if _state["kernels"] == "auto" and device() == "CPU":
+        if _state["library"]:
+            return ClipIm2ColConv(_state["library"], kernel_size, stride, padding)
+        return FrameConv(conv2d_matmul, kernel_size, stride, padding)
+    return FrameConv(conv2d_portable, kernel_size, stride, padding)
 
 
 # ----------------------------------------------------------------------------- attention

@@ -2,7 +2,8 @@
 MindSpore "aot" custom operators: fused scaled dot-product attention
 (csrc/attention_cpu.cc), forward and a FlashAttention-style backward; the
 transpose of the video UNet (csrc/swap_axes_cpu.cc); GroupNorm and LayerNorm
-(csrc/group_norm_cpu.cc); GEGLU (csrc/geglu_cpu.cc).
+(csrc/group_norm_cpu.cc); GEGLU (csrc/geglu_cpu.cc); im2col of a clip for the
+convolutions (csrc/video_im2col_cpu.cc).
 
 MindSpore has no fused attention kernel on CPU, and composing one from its
 ops makes about ten passes over every block of scores in memory; the C++
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(CSRC, name) for name in ("threads.cc", "attention_cpu.cc", "swap_axes_cpu.cc",
-                                                 "group_norm_cpu.cc", "geglu_cpu.cc")]
+                                                 "group_norm_cpu.cc", "geglu_cpu.cc", "video_im2col_cpu.cc")]
 HEADERS = [os.path.join(CSRC, name) for name in ("kernels.h", "vector_math.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _library = {}
@@ -50,7 +51,7 @@ def build_library(cache_dir=None):
     compiler = shutil.which("g++")
     path = None
     if compiler is None:
-        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes, norms, GEGLU): "
+        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes, norms, GEGLU, im2col): "
                        "falling back to MindSpore ops (slower)")
     else:
         digest = hashlib.sha256(" ".join(FLAGS).encode() + _cpu_model().encode())
@@ -75,7 +76,7 @@ def _compile(compiler, cache_dir, path):
         logger.warning("cannot write the CPU kernels (%s): falling back to MindSpore ops (slower)", error)
         return None
     os.close(fd)
-    logger.info("compiling the CPU kernels (attention, transposes, norms, GEGLU): %s", path)
+    logger.info("compiling the CPU kernels (attention, transposes, norms, GEGLU, im2col): %s", path)
     result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
@@ -141,6 +142,35 @@ def geglu_op(library):
         return (backward(x, dout),)
     return ops.Custom(f"{library}:GegluForward", lambda x: [x[0], x[1] // 2], lambda x: x, func_type="aot",
                       bprop=bprop)
+
+
+def _out_size(n, geometry):
+    kernel_size, stride, padding = geometry[0], geometry[1], geometry[2] - 1
+    return (n + 2 * padding - kernel_size) // stride + 1
+
+
+def _cols_shape(x, geometry):
+    return [x[0], x[1] * geometry[0] ** 2, x[2] * _out_size(x[3], geometry) * _out_size(x[4], geometry)]
+
+
+def _clip_shape(dcols, geometry, frame):
+    h, w = frame
+    return [dcols[0], dcols[1] // geometry[0] ** 2, dcols[2] // (_out_size(h, geometry) * _out_size(w, geometry)), h, w]
+
+
+def video_im2col_op(library):
+    """(x [b, c, f, h, w], geometry) -> columns [b, c * k * k, f * h' * w'] of
+    every frame's k x k windows. `geometry`, zeros of shape [k, stride,
+    padding + 1], carries the convolution's settings in its shape, and the
+    backward's frame placeholder [h, w] the clip's size: MindSpore infers
+    shapes of every aot operator of one name with the first one's function
+    and from shapes alone."""
+    backward = ops.Custom(f"{library}:VideoCol2Im", _clip_shape, lambda dcols, geometry, frame: dcols,
+                          func_type="aot")
+
+    def bprop(x, geometry, out, dout):
+        return backward(dout, geometry, ops.zeros(x.shape[3:], x.dtype)), ops.zeros_like(geometry)
+    return ops.Custom(f"{library}:VideoIm2Col", _cols_shape, lambda x, geometry: x, func_type="aot", bprop=bprop)
 
 
 def set_threads(count):

@@ -32,20 +32,12 @@ class InflatedConv3d(nn.Cell):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         super().__init__()
-        self.conv2d = backend.conv2d_kernel()
+        self.conv = backend.conv_kernel(kernel_size, stride, padding)
         self.weight, self.bias = conv_parameters(self, in_channels, out_channels, kernel_size,
-                                                 flat=self.conv2d is backend.conv2d_matmul)
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = padding
+                                                 flat=self.conv.flat_weight)
 
     def construct(self, x):
-        b, c, f, h, w = x.shape
-        x = backend.swap_axes_1_2(x.reshape(b, c, f, h * w)).reshape(b * f, c, h, w)
-        x = self.conv2d(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype), self.kernel_size, self.stride,
-                        self.padding)
-        _, c, h, w = x.shape
-        return backend.swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
+        return self.conv(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype))
 
 
 class Upsample3D(nn.Cell):
