@@ -20,6 +20,7 @@ TUNEAVIDEO_COMPILE_CACHE names the folder (default
 ~/.cache/tuneavideo_ms/graphs); "off" turns the cache off.
 """
 import contextlib
+import ctypes
 import functools
 import hashlib
 import logging
@@ -171,3 +172,13 @@ class CachedCompile:
         with compile_cache(self, inputs):
             super().compile(*args, **kwargs)
         seen.add(signature)
+        _return_freed_memory()
+
+
+def _return_freed_memory():
+    """Hands the memory the compiler freed back to the system: glibc keeps it
+    otherwise (after compiling mid's training step: 0.28 GiB, all of it RSS
+    through the run). A no-op on other C libraries."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
