@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import rel_err, shared_clip
-from tuneavideo_ms import tiny, training
+from tuneavideo_ms import backend, tiny, training
 from tuneavideo_ms.config import load_config
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.weights import read_state_dict, state_dict
@@ -200,15 +200,21 @@ def test_gradient_clipping_equals_torch(rng, scale):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_adamw_equals_torch(rng, jit):
+@pytest.mark.parametrize("kernel", [True, False])
+def test_adamw_equals_torch(rng, jit, kernel):
     """Five steps of our AdamW and torch.optim.AdamW on the same gradients,
-    the fourth skipped (update False) on our side and not taken on torch's."""
+    the fourth skipped (update False) on our side and not taken on torch's;
+    with the CPU kernel (over the kernel's chunks and threads: 40000 values)
+    and with MindSpore's ops."""
     import torch
     from tuneavideo_ms.optim import AdamW
-    values = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    values = rng.standard_normal((2, 4, 5000)).astype(np.float32)
     ours = ms.Parameter(ms.Tensor(values), name="w")
     theirs = torch.nn.Parameter(torch.from_numpy(values.copy()))
     optimizer = AdamW([ours], weight_decay=0.05)
+    assert (optimizer.kernel is not None) == (backend.device() == "CPU")
+    if not kernel:
+        optimizer.kernel = None
     reference = torch.optim.AdamW([theirs], lr=0.1, weight_decay=0.05)
 
     def step(grad, lr, update):

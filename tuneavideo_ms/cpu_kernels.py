@@ -3,7 +3,7 @@ MindSpore "aot" custom operators: fused scaled dot-product attention
 (csrc/attention_cpu.cc), forward and a FlashAttention-style backward; the
 transpose of the video UNet (csrc/swap_axes_cpu.cc); GroupNorm and LayerNorm
 (csrc/group_norm_cpu.cc); GEGLU (csrc/geglu_cpu.cc); im2col of a clip for the
-convolutions (csrc/video_im2col_cpu.cc).
+convolutions (csrc/video_im2col_cpu.cc); AdamW's update (csrc/adamw_cpu.cc).
 
 MindSpore has no fused attention kernel on CPU, and composing one from its
 ops makes about ten passes over every block of scores in memory; the C++
@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(CSRC, name) for name in ("threads.cc", "attention_cpu.cc", "swap_axes_cpu.cc",
-                                                 "group_norm_cpu.cc", "geglu_cpu.cc", "video_im2col_cpu.cc")]
+                                                 "group_norm_cpu.cc", "geglu_cpu.cc", "video_im2col_cpu.cc",
+                                                 "adamw_cpu.cc")]
 HEADERS = [os.path.join(CSRC, name) for name in ("kernels.h", "vector_math.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _library = {}
@@ -51,7 +52,7 @@ def build_library(cache_dir=None):
     compiler = shutil.which("g++")
     path = None
     if compiler is None:
-        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes, norms, GEGLU, im2col): "
+        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes, norms, GEGLU, im2col, AdamW): "
                        "falling back to MindSpore ops (slower)")
     else:
         digest = hashlib.sha256(" ".join(FLAGS).encode() + _cpu_model().encode())
@@ -76,7 +77,7 @@ def _compile(compiler, cache_dir, path):
         logger.warning("cannot write the CPU kernels (%s): falling back to MindSpore ops (slower)", error)
         return None
     os.close(fd)
-    logger.info("compiling the CPU kernels (attention, transposes, norms, GEGLU, im2col): %s", path)
+    logger.info("compiling the CPU kernels (attention, transposes, norms, GEGLU, im2col, AdamW): %s", path)
     result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
@@ -171,6 +172,13 @@ def video_im2col_op(library):
     def bprop(x, geometry, out, dout):
         return backward(dout, geometry, ops.zeros(x.shape[3:], x.dtype)), ops.zeros_like(geometry)
     return ops.Custom(f"{library}:VideoIm2Col", _cols_shape, lambda x, geometry: x, func_type="aot", bprop=bprop)
+
+
+def adamw_op(library):
+    """(p, m, v, g, hyper [9]) -> (p', m', v'): one AdamW step of a float32
+    parameter, its moments and gradient (hyper: see the C++ file)."""
+    return ops.Custom(f"{library}:AdamWUpdate", lambda p, m, v, g, hyper: (p, p, p),
+                      lambda p, m, v, g, hyper: (p, p, p), func_type="aot")
 
 
 def set_threads(count):

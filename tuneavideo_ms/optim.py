@@ -2,12 +2,15 @@
 correction), over a subset of parameters, and the original's lr schedules.
 
 MindSpore's nn.AdamWeightDecay has no bias correction, so its steps differ
-from the PyTorch original's; this one matches them."""
+from the PyTorch original's; this one matches them. On CPU a C++ kernel
+(csrc/adamw_cpu.cc) updates each parameter with the same arithmetic."""
 import math
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from tuneavideo_ms import backend, cpu_kernels
 
 
 # Per-parameter work goes through HyperMap: a graph that builds a list over a
@@ -33,6 +36,15 @@ def _adamw_update(betas, one_minus_betas, eps, decay, step_size, inv_bias_correc
     return update
 
 
+def _adamw_kernel_update(kernel, hyper, p, m, v, g):
+    """_adamw_update as one C++ kernel (cpu_kernels.adamw_op)."""
+    p_new, m_new, v_new = kernel(p, m, v, g.astype(ms.float32), hyper)
+    ops.assign(m, m_new)
+    ops.assign(v, v_new)
+    ops.assign(p, p_new)
+    return hyper
+
+
 class AdamW(nn.Cell):
     def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__()
@@ -45,6 +57,11 @@ class AdamW(nn.Cell):
         # scalars in float32, where 1 - 0.999 is 1.3e-5 off
         self.one_minus_betas = (1 - betas[0], 1 - betas[1])
         self.log_beta1, self.log_beta2 = math.log(betas[0]), math.log(betas[1])
+        # on CPU, one C++ kernel per parameter (float32 parameters only)
+        self.kernel = None
+        if all(p.dtype == ms.float32 for p in self.parameters):
+            self.kernel = backend.cpu_kernel(cpu_kernels.adamw_op)
+        self.constants = Tensor(np.array([betas[0], 1 - betas[0], betas[1], 1 - betas[1], eps], np.float32))
 
     def construct(self, grads, lr, update):
         """One AdamW step; with `update` False (a skipped fp16 step) nothing changes."""
@@ -54,9 +71,17 @@ class AdamW(nn.Cell):
         # 1 - beta ** t without the cancellation of float32's 1 - 0.999 ** t
         bias_correction1 = -ops.expm1(t * self.log_beta1)
         bias_correction2_sqrt = ops.sqrt(-ops.expm1(t * self.log_beta2))
-        hyper_map(ops.partial(_adamw_update, self.betas, self.one_minus_betas, self.eps, 1 - lr * self.weight_decay,
-                              lr / bias_correction1, 1 / bias_correction2_sqrt, update),
-                  self.parameters, self.exp_avg, self.exp_avg_sq, grads)
+        decay, step_size, inv_bias_correction2_sqrt = 1 - lr * self.weight_decay, lr / bias_correction1, \
+            1 / bias_correction2_sqrt
+        if self.kernel is not None:
+            hyper = ops.concat((self.constants, ops.stack((decay, step_size, inv_bias_correction2_sqrt,
+                                                           update.astype(ms.float32)))))
+            hyper_map(ops.partial(_adamw_kernel_update, self.kernel, hyper), self.parameters, self.exp_avg,
+                      self.exp_avg_sq, grads)
+        else:
+            hyper_map(ops.partial(_adamw_update, self.betas, self.one_minus_betas, self.eps, decay, step_size,
+                                  inv_bias_correction2_sqrt, update),
+                      self.parameters, self.exp_avg, self.exp_avg_sq, grads)
         return step
 
     def state(self):
