@@ -1,6 +1,6 @@
 """Compiled graphs kept on disk, so a second run loads its training step (or
 an inference run its denoiser) instead of compiling it again (SD 1.5's
-training step on CPU: 40-55 s, and a third of the mid config's peak memory,
+training step on CPU: 40-50 s, and a third of the mid config's peak memory,
 which the compiler leaves behind).
 
 MindSpore's compile cache is unsafe on its own: it files graphs by the order
