@@ -122,7 +122,8 @@ def conv2d_matmul(x, weight, bias, kernel_size, stride, padding):
     (every convolution weight of SD 1.5: 2.2 GiB)."""
     n, c, h, w = x.shape
     o = weight.shape[0]
-    out_h, out_w = (h + 2 * padding - kernel_size) // stride + 1, (w + 2 * padding - kernel_size) // stride + 1
+    out_h = cpu_kernels.conv_output_size(h, kernel_size, stride, padding)
+    out_w = cpu_kernels.conv_output_size(w, kernel_size, stride, padding)
     if kernel_size == 1 and padding == 0 and stride == 1:
         cols = x.reshape(n, c, h * w)
     else:
@@ -191,8 +192,9 @@ class ClipIm2ColConv(nn.Cell):
         else:
             out = _batch_matmul(ops.broadcast_to(weight, (b, o, k)), cols)
         out = ops.bias_add(out.reshape(b, o, length), bias)
-        size = self.kernel_size - 2 * self.padding
-        return out.reshape(b, o, f, (h - size) // self.stride + 1, (w - size) // self.stride + 1)
+        out_h = cpu_kernels.conv_output_size(h, self.kernel_size, self.stride, self.padding)
+        out_w = cpu_kernels.conv_output_size(w, self.kernel_size, self.stride, self.padding)
+        return out.reshape(b, o, f, out_h, out_w)
 
 
 def conv_kernel(kernel_size, stride, padding):

@@ -145,9 +145,13 @@ def geglu_op(library):
                       bprop=bprop)
 
 
-def _out_size(n, geometry):
-    kernel_size, stride, padding = geometry[0], geometry[1], geometry[2] - 1
+def conv_output_size(n, kernel_size, stride, padding):
+    """The length of a convolution's output along an axis of length n."""
     return (n + 2 * padding - kernel_size) // stride + 1
+
+
+def _out_size(n, geometry):
+    return conv_output_size(n, geometry[0], geometry[1], geometry[2] - 1)
 
 
 def _cols_shape(x, geometry):

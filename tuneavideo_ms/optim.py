@@ -57,11 +57,13 @@ class AdamW(nn.Cell):
         # scalars in float32, where 1 - 0.999 is 1.3e-5 off
         self.one_minus_betas = (1 - betas[0], 1 - betas[1])
         self.log_beta1, self.log_beta2 = math.log(betas[0]), math.log(betas[1])
-        # on CPU, one C++ kernel per parameter (float32 parameters only)
+        # on CPU, one C++ kernel per parameter (float32 parameters only), which
+        # takes the constants above as the head of its hyper-parameter tensor
         self.kernel = None
         if all(p.dtype == ms.float32 for p in self.parameters):
             self.kernel = backend.cpu_kernel(cpu_kernels.adamw_op)
-        self.constants = Tensor(np.array([betas[0], 1 - betas[0], betas[1], 1 - betas[1], eps], np.float32))
+            self.constants = Tensor(np.array([self.betas[0], self.one_minus_betas[0], self.betas[1],
+                                              self.one_minus_betas[1], eps], np.float32))
 
     def construct(self, grads, lr, update):
         """One AdamW step; with `update` False (a skipped fp16 step) nothing changes."""
