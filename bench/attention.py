@@ -2,7 +2,7 @@
 portable attention, blocks of queries with a recomputing backward (this
 project's CPU attention without a C++ compiler), the fused C++ kernel (with
 one) and PyTorch's scaled_dot_product_attention, each in its own process (peak
-RSS is its VmHWM), same inputs, fp32, same thread count.
+memory: bench/unet.py's run_python), same inputs, fp32, same thread count.
 
     python bench/attention.py [--threads 2] [--repeat 3] [--json out.json]
 
@@ -72,9 +72,7 @@ def _child(kernel, job, threads, repeat):
     call = f"run_torch({job!r}, {threads}, {repeat})" if kernel == "torch" else \
         f"run_mindspore({kernel!r}, {job!r}, {threads}, {repeat})"
     code = (f"import sys; sys.argv = ['attention.py']; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); "
-            f"import attention, json; s = attention.{call}; "
-            "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')); "
-            "print('RESULT', json.dumps([s, hwm / 2 ** 20]))")
+            f"import attention, json; print('RESULT', json.dumps(attention.{call}))")
     return run_python(code, dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO))
 
 

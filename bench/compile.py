@@ -8,7 +8,8 @@ The graph's size is the topology's, not the input's, so a small input (2
 frames of 8x8 latents by default) keeps the run short; compile time is the
 first call minus a second, already compiled, call. Each job runs twice, in fresh
 processes sharing an empty compile cache (tuneavideo_ms.graph_cache): the first
-compiles the graph, the second loads it.
+compiles the graph (on CPU in a forked child, which exits; the job then loads
+it), the second loads it. Peak memory: bench/unet.py's run_python.
 """
 import argparse
 import json
@@ -56,9 +57,13 @@ def measure(name, recompute, frames, size):
         start = time.perf_counter()
         step(*args)[0].asnumpy()
         times.append(time.perf_counter() - start)
-    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
     return {"params_m": sum(p.size for p in unet.get_parameters()) / 1e6, "first_s": times[0],
-            "second_s": times[1], "compile_s": times[0] - times[1], "peak_rss_gb": hwm / 2 ** 20}
+            "second_s": times[1], "compile_s": times[0] - times[1]}
+
+
+def _measure(code, env):
+    result = run_python(code, env)
+    return None if result is None else dict(result[0], peak_gb=result[1])
 
 
 def main():
@@ -79,11 +84,11 @@ def main():
                 # a fresh cache: the first run compiles and stores the graph, the second loads it
                 cache = os.path.join(tmp, f"{name}-{recompute}")
                 env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=cache)
-                compiled = run_python(code, env)
-                rows.append((name, recompute, compiled, run_python(code, env) if compiled else None))
+                compiled = _measure(code, env)
+                rows.append((name, recompute, compiled, _measure(code, env) if compiled else None))
     print(f"training step, graph mode, CPU, {args.frames} frames of {args.size}x{args.size} latents\n")
     print("| config | parameters | gradient checkpointing | compile (s) | load from the compile cache (s) | "
-          "compiled step (s) | peak RSS (GiB): compiled / loaded |")
+          "compiled step (s) | peak memory (GiB): compiled / loaded |")
     print("|---|---|---|---|---|---|---|")
     for name, recompute, r, cached in rows:
         checkpointing = "yes" if recompute else "no"
@@ -92,7 +97,7 @@ def main():
             continue
         print(f"| {name} | {r['params_m']:.0f} M | {checkpointing} | {r['compile_s']:.1f} | "
               f"{cached['compile_s']:.1f} | {r['second_s']:.2f} | "
-              f"{r['peak_rss_gb']:.2f} / {cached['peak_rss_gb']:.2f} |")
+              f"{r['peak_gb']:.2f} / {cached['peak_gb']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -5,7 +5,9 @@ UNet2DConditionModel over the frames with Tune-A-Video's sparse-causal
 attention, temporal attention and frame-pooled GroupNorm); ours loads the same
 weights from the file the oracle writes in the PyTorch Tune-A-Video format.
 Same inputs, fp32, both pinned to the same thread count, each job in its own
-process (peak RSS is its VmHWM).
+process. Peak memory is the peak of the summed PSS (proportional set size) of
+the job's process and its children, sampled every 50 ms: a graph compiled in a
+forked child (tuneavideo_ms/graph_cache.py) counts, pages they share once.
 
     python bench/unet.py [--configs tiny mid] [--threads 2] [--repeat 3] [--json out.json]
 
@@ -13,8 +15,8 @@ A job the machine's memory cannot hold is killed and shows as "out of memory".
 
 Rows: forward without grad; one training step (attn1.to_q, attn2.to_q and
 attn_temp trainable, AdamW, loss, backward, clipping, update); the same step
-with gradient checkpointing; peak RSS, and peak RSS when each job runs again
-and loads its graph from the compile cache the first run filled. Times are the
+with gradient checkpointing; peak memory, and peak memory when each job runs
+again and loads its graph from the compile cache the first run filled. Times are the
 best of --repeat calls after one warm-up call (the warm-up is where MindSpore
 compiles: bench/compile.py).
 """
@@ -24,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,28 +126,60 @@ def run_mindspore(name, job, folder, threads, repeat):
 
 
 def _child(framework, name, job, folder, threads, repeat, cache):
-    """Runs one job in a fresh process; returns (seconds, peak RSS in GiB)."""
+    """Runs one job in a fresh process; returns (seconds, peak memory in GiB), or None if it was killed."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=cache)
     code = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); "
             f"import unet, json; s = unet.run_{framework}({name!r}, {job!r}, {folder!r}, {threads}, {repeat}); "
-            "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')); "
-            "print('RESULT', json.dumps([s, hwm / 2 ** 20]))")
+            "print('RESULT', json.dumps(s))")
     return run_python(code, env)
 
 
 def run_python(code, env):
-    """Runs `code` in a fresh interpreter; the JSON after its RESULT line, or None if it was killed (memory).
-    The code runs from a file: MindSpore's compile cache needs an entry script."""
+    """Runs `code` in a fresh interpreter; returns [the JSON after its RESULT line, the peak memory of its
+    processes in GiB], or None if it was killed (memory). The code runs from a file: MindSpore's compile
+    cache needs an entry script."""
     with tempfile.NamedTemporaryFile("w", suffix=".py") as script:
         script.write(code)
         script.flush()
-        out = subprocess.run([sys.executable, script.name], capture_output=True, text=True, env=env)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
-    if out.returncode in (-9, 137):
+        job = subprocess.Popen([sys.executable, script.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+        peak = [0.0]
+        sampler = threading.Thread(target=_sample_memory, args=(job, peak))
+        sampler.start()
+        stdout, stderr = job.communicate()
+        sampler.join()
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT")]
+    if job.returncode in (-9, 137):
         return None
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"job failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT"):])
+    if job.returncode != 0 or not lines:
+        raise RuntimeError(f"job failed:\n{stderr[-3000:]}")
+    return [json.loads(lines[-1][len("RESULT"):]), peak[0]]
+
+
+def _sample_memory(job, peak):
+    while job.poll() is None:
+        peak[0] = max(peak[0], sum(_pss_kib(pid) for pid in _process_tree(job.pid)) / 2 ** 20)
+        time.sleep(0.05)
+
+
+def _process_tree(pid):
+    pids = [pid]
+    for parent in pids:  # grows while it runs
+        try:
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    pids += [int(child) for child in f.read().split()]
+        except OSError:  # it has exited
+            pass
+    return pids
+
+
+def _pss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def _write_weights(name, folder):
@@ -191,7 +226,7 @@ def main():
             print(f"| {name} | {job} (s) | {cells[0]} | {cells[1]} | {ratio} |")
         loaded = [results[f"{name}/{job}/mindspore-loaded"] for job in args.jobs]
         peaks["mindspore-loaded"] = max(r[1] if r else float("inf") for r in loaded)
-        for key, row in (("mindspore", "peak RSS (GiB)"), ("mindspore-loaded", "peak RSS, graphs loaded (GiB)")):
+        for key, row in (("mindspore", "peak memory (GiB)"), ("mindspore-loaded", "peak memory, graphs loaded (GiB)")):
             if peaks[key] == float("inf"):
                 print(f"| {name} | {row} | {peaks['torch']:.2f} | above this machine's memory | - |")
             else:

@@ -16,6 +16,12 @@ loaded. One graph per process: MindSpore keeps writing to the folder of the
 first cached compile, whatever the path says later, so later graphs would
 share it by compile order again; they compile.
 
+On CPU a graph not in the cache yet compiles in a forked copy of the process,
+which stores it and exits; the process then loads it. MindSpore's compiler
+leaves about 1 GiB in the heap for the rest of the run (mid's training step:
+freed memory scattered among the compiled graph's objects, which malloc_trim
+cannot return, mimalloc neither), and a loaded graph leaves none of it.
+
 TUNEAVIDEO_COMPILE_CACHE names the folder (default
 ~/.cache/tuneavideo_ms/graphs); "off" turns the cache off.
 """
@@ -26,6 +32,7 @@ import hashlib
 import logging
 import os
 import sys
+import time
 
 import mindspore as ms
 import numpy as np
@@ -132,14 +139,14 @@ def graph_folder(cell, inputs):
 def compile_cache(cell, inputs):
     """MindSpore's compile cache, in the folder of the graph of `cell` on
     `inputs`, for the compiles inside, if this process has not used it yet;
-    nothing changes when the cache is off."""
+    nothing changes when the cache is off. Yields the folder, or None."""
     if cache_root() is None or _first["taken"]:
-        yield
+        yield None
         return
     if not (sys.argv and os.path.isfile(sys.argv[0])):
         # MindSpore hashes the entry script with the graph and fails on `python -c`
         logger.info("compile cache off: the entry point %r is not a script file", sys.argv[:1])
-        yield
+        yield None
         return
     _first["taken"] = True
     folder = graph_folder(cell, inputs)
@@ -148,7 +155,7 @@ def compile_cache(cell, inputs):
     saved = {name: os.environ.get(name) for name in _CACHE_VARIABLES}
     os.environ.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=folder)
     try:
-        yield
+        yield folder
     finally:
         for name, value in saved.items():
             if value is None:
@@ -169,10 +176,44 @@ class CachedCompile:
         if signature in seen:
             super().compile(*args, **kwargs)
             return
-        with compile_cache(self, inputs):
+        with compile_cache(self, inputs) as folder:
+            if folder is not None and _forks_compiles() and not _holds_graph(folder):
+                compile_in_child(functools.partial(super().compile, *args, **kwargs))
             super().compile(*args, **kwargs)
         seen.add(signature)
         _return_freed_memory()
+
+
+def _forks_compiles():
+    # Ascend's and GPU's runtimes do not survive a fork; msrun's workers share their cluster's sockets
+    return hasattr(os, "fork") and backend.device() == "CPU" and "MS_ROLE" not in os.environ
+
+
+def _holds_graph(folder):
+    return any(name.endswith(".mindir") for _, _, names in os.walk(folder) for name in names)
+
+
+def compile_in_child(compile):
+    """Runs `compile` in a forked copy of this process and returns whether it
+    succeeded. The copy exits at once, with whatever its compile left behind;
+    when it fails, the caller compiles in this process and meets the error."""
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            compile()
+            code = 0
+        finally:
+            os._exit(code)  # skips atexit handlers and the buffers this process inherited
+    _, status = os.waitpid(pid, 0)
+    succeeded = os.waitstatus_to_exitcode(status) == 0
+    if succeeded:
+        logger.info("compiled in a child process in %.1f s; loading the graph it stored", time.perf_counter() - start)
+    else:
+        logger.warning("compiling in a child process failed (exit status %d); compiling here",
+                       os.waitstatus_to_exitcode(status))
+    return succeeded
 
 
 def _return_freed_memory():
