@@ -185,8 +185,9 @@ class CachedCompile:
 
 
 def _forks_compiles():
-    # Ascend's and GPU's runtimes do not survive a fork; msrun's workers share their cluster's sockets
-    return hasattr(os, "fork") and backend.device() == "CPU" and "MS_ROLE" not in os.environ
+    # Linux only (measured there; macOS's system libraries are unsafe in a forked child); Ascend's and GPU's
+    # runtimes do not survive a fork; msrun's workers share their cluster's sockets
+    return sys.platform == "linux" and backend.device() == "CPU" and "MS_ROLE" not in os.environ
 
 
 def _holds_graph(folder):
