@@ -199,6 +199,7 @@ def compile_in_child(compile):
     succeeded. The copy exits at once, with whatever its compile left behind;
     when it fails, the caller compiles in this process and meets the error."""
     start = time.perf_counter()
+    _return_freed_memory()  # the parent's pages stay resident beside the child's compile (mid: 0.13 GiB less)
     pid = os.fork()
     if pid == 0:
         code = 1
