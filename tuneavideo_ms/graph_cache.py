@@ -212,13 +212,12 @@ def compile_in_child(compile):
             os._exit(code)  # skips atexit handlers and the buffers this process inherited
     gc.unfreeze()
     _, status = os.waitpid(pid, 0)
-    succeeded = os.waitstatus_to_exitcode(status) == 0
-    if succeeded:
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
         logger.info("compiled in a child process in %.1f s; loading the graph it stored", time.perf_counter() - start)
     else:
-        logger.warning("compiling in a child process failed (exit status %d); compiling here",
-                       os.waitstatus_to_exitcode(status))
-    return succeeded
+        logger.warning("compiling in a child process failed (exit status %d); compiling here", code)
+    return code == 0
 
 
 def _return_freed_memory():
