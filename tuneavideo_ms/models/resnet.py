@@ -6,6 +6,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .. import backend
+from .layers import Linear
 from .normalization import GroupNorm
 
 
@@ -86,7 +87,7 @@ class ResnetBlock3D(nn.Cell):
         self.conv1 = InflatedConv3d(in_channels, out_channels, 3, padding=1)
         self.time_emb_proj = None
         if temb_channels is not None:
-            self.time_emb_proj = nn.Dense(temb_channels, out_channels * (2 if self.scale_shift else 1))
+            self.time_emb_proj = Linear(temb_channels, out_channels * (2 if self.scale_shift else 1))
         self.norm2 = GroupNorm(groups_out or groups, out_channels, eps)
         self.dropout = nn.Dropout(p=dropout)
         self.conv2 = InflatedConv3d(out_channels, out_channels, 3, padding=1)

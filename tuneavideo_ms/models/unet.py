@@ -10,6 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .layers import Linear
 from .modeling import Config, ModelMixin, load_weights, model_folder, read_config
 from .normalization import GroupNorm
 from .resnet import InflatedConv3d
@@ -85,8 +86,8 @@ class Timesteps(nn.Cell):
 class TimestepEmbedding(nn.Cell):
     def __init__(self, in_channels, time_embed_dim):
         super().__init__()
-        self.linear_1 = nn.Dense(in_channels, time_embed_dim)
-        self.linear_2 = nn.Dense(time_embed_dim, time_embed_dim)
+        self.linear_1 = Linear(in_channels, time_embed_dim)
+        self.linear_2 = Linear(time_embed_dim, time_embed_dim)
 
     def construct(self, x):
         return self.linear_2(ops.silu(self.linear_1(x)))

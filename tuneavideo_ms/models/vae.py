@@ -28,8 +28,8 @@ class VAEAttention(CrossAttention):
 
     def construct(self, x):
         n, c, f, h, w = x.shape
-        tokens = backend.swap_axes_1_2(self.group_norm(x).reshape(n, c, f * h * w, 1)).reshape(n, f * h * w, c)
-        out = super().construct(tokens)
+        rows = backend.swap_axes_1_2(self.group_norm(x).reshape(n, c, f * h * w, 1)).reshape(n * f * h * w, c)
+        out = super().construct(rows, f * h * w)
         return backend.swap_axes_1_2(out.reshape(n, f * h * w, c, 1)).reshape(n, c, f, h, w) + x
 
 
