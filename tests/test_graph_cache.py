@@ -114,3 +114,44 @@ def test_compile_in_child_runs_in_a_copy_of_this_process(tmp_path):
         raise RuntimeError("no graph")
 
     assert not graph_cache.compile_in_child(fails)  # the caller then compiles, and meets the error itself
+
+
+UNET_STEP = """
+import json, logging, sys
+import mindspore as ms, numpy as np
+logging.basicConfig(level=logging.INFO)
+from tuneavideo_ms import backend, training
+from tuneavideo_ms.models import UNet3DConditionModel
+from tuneavideo_ms.optim import AdamW
+from tuneavideo_ms.tiny import UNET_CONFIG
+backend.setup("CPU", "graph")
+ms.set_seed(0)
+np.random.seed(0)
+unet = UNet3DConditionModel(**UNET_CONFIG)
+params = training.trainable_parameters(unet, ["attn1.to_q", "attn2.to_q", "attn_temp"])
+step = training.TrainStep(unet, params, AdamW(params), "epsilon", 0.18, 1.0)
+rng = np.random.default_rng(0)
+t = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))
+alpha = lambda a: ms.Tensor(np.full((1, 1, 1, 1, 1, 1), a, np.float32))
+inputs = (t(1, 4, 3, 8, 8), t(1, 4, 3, 8, 8), t(1, 1, 4, 3, 8, 8), t(1, 1, 4, 3, 8, 8), alpha(0.6), alpha(0.8),
+          ms.Tensor([[500.0]]), t(1, 5, 32), ms.Tensor(1.0), ms.Tensor(1e-3))
+losses = [float(step(*inputs)[0].asnumpy()) for _ in range(3)]
+print("RESULT", json.dumps([losses, [p.asnumpy().ravel().tolist() for p in params]]))
+"""
+
+
+def test_unet_step_with_shared_graphs_equals_one_without(tmp_path):
+    """A cold cached compile runs in a child whose transformers of one
+    configuration share a graph (graph_cache.share_graphs; the tiny UNet's
+    share it across resolutions); the cache off compiles each instance."""
+    script = tmp_path / "unet_step.py"
+    script.write_text(UNET_STEP)
+    runs = []
+    for cache in (tmp_path / "graphs", "off"):
+        env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=str(cache))
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+        runs.append((json.loads(out.stdout.split("RESULT", 1)[1]), out.stderr))
+    (shared, log), (separate, _) = runs
+    # 32 and 64 channels: 4 and 3 resolutions
+    assert "compiled in a child process" in log and "16 cells share 2 graphs" in log
+    assert shared == separate and shared[0][0] != shared[0][2]  # the same kernels: equal bit for bit

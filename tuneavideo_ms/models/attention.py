@@ -162,6 +162,8 @@ class Transformer3DModel(nn.Cell):
     """[b, c, f, h, w] -> same shape: GroupNorm and projections per frame around
     a stack of BasicTransformerBlocks, with a residual connection."""
 
+    shares_graph = True  # instances of one configuration compile as one graph (graph_cache.share_graphs)
+
     def __init__(self, num_attention_heads=16, attention_head_dim=88, in_channels=None, num_layers=1, dropout=0.0,
                  norm_num_groups=32, cross_attention_dim=None, attention_bias=False, use_linear_projection=False,
                  only_cross_attention=False, upcast_attention=False):
