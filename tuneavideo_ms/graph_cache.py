@@ -21,6 +21,8 @@ which stores it and exits; the process then loads it. MindSpore's compiler
 leaves about 1 GiB in the heap for the rest of the run (mid's training step:
 freed memory scattered among the compiled graph's objects, which malloc_trim
 cannot return, mimalloc neither), and a loaded graph leaves none of it.
+That copy compiles once, so it can let the cells of one configuration share
+a graph (share_graphs), which a process compiling again could not.
 
 TUNEAVIDEO_COMPILE_CACHE names the folder (default
 ~/.cache/tuneavideo_ms/graphs); "off" turns the cache off.
