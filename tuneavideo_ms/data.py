@@ -66,12 +66,24 @@ def _resize(frame, width, height, crop):
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
+def check_frame_size(height, width, multiple=8):
+    """Refuses a frame size that is not a positive multiple of `multiple` (the
+    VAE's downsampling), naming the nearest sizes that work."""
+    problems = []
+    for name, value in (("height", height), ("width", width)):
+        if value < multiple or value % multiple:
+            below, above = max(value // multiple, 1) * multiple, (value // multiple + 1) * multiple
+            nearest = f"{below} or {above}" if below < value else f"{above}"
+            problems.append(f"{name} {value} (nearest that work: {nearest})")
+    if problems:
+        raise ValueError(f"height and width must be multiples of {multiple}: " + "; ".join(problems))
+
+
 def read_video(video_path, n_sample_frames=8, width=512, height=512, sample_start_idx=0, sample_frame_rate=1,
                crop=None):
     """Returns float32 pixels [n_sample_frames, 3, height, width] in [-1, 1]:
     frames sample_start_idx, + sample_frame_rate, ... of the clip."""
-    if width % 8 or height % 8:
-        raise ValueError(f"width and height must be multiples of 8, got {width}x{height}")
+    check_frame_size(height, width)
     if n_sample_frames < 1 or sample_frame_rate < 1 or sample_start_idx < 0:
         raise ValueError("n_sample_frames and sample_frame_rate must be positive and sample_start_idx >= 0")
     picked = _read_frames(video_path, [sample_start_idx + i * sample_frame_rate for i in range(n_sample_frames)])

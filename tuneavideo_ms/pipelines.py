@@ -8,6 +8,8 @@ import numpy as np
 from mindspore import nn, ops
 from tqdm.auto import tqdm
 
+from . import hub
+from .data import check_frame_size
 from .graph_cache import CachedCompile
 from .models import UNet3DConditionModel
 from .models.modeling import read_config
@@ -44,6 +46,17 @@ class GuidedDenoiser(CachedCompile, nn.Cell):
         return self.unet(latents, timestep, context).astype(ms.float32)
 
 
+def _log_unused_components(root):
+    """Says once which components of model_index.json (the safety checker, its feature extractor) go unused."""
+    if not os.path.isfile(os.path.join(root, "model_index.json")):
+        return
+    index = read_config(root, "model_index.json")
+    unused = sorted(k for k, v in index.items() if not k.startswith("_") and k not in COMPONENTS
+                    and isinstance(v, list) and any(v))
+    if unused:
+        logger.info("%s: not loading %s (not used for video editing)", root, ", ".join(unused))
+
+
 def _tensor(x):
     return x if isinstance(x, ms.Tensor) else ms.Tensor(np.asarray(x, np.float32))
 
@@ -58,10 +71,14 @@ class TuneAVideoPipeline:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_path, unet=None, vae=None, text_encoder=None, tokenizer=None,
-                        scheduler=None, vae_batch_size=4):
-        """Loads the components not given from a Stable Diffusion folder (diffusers layout)."""
+                        scheduler=None, vae_batch_size=4, variant=None):
+        """Loads the components not given from a Stable Diffusion folder (diffusers layout) or Hub id;
+        `variant` ("fp16") picks diffusers' variant weight files."""
+        root = hub.resolve(pretrained_model_path)
+        _log_unused_components(root)
+
         def folder(name):
-            path = os.path.join(pretrained_model_path, name)
+            path = os.path.join(root, name)
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"{pretrained_model_path} has no {name}/ folder (a Stable Diffusion folder "
                                         f"holds {', '.join(COMPONENTS)})")
@@ -71,11 +88,11 @@ class TuneAVideoPipeline:
             config = read_config(folder("unet"))
             inflated = config.get("_class_name") == "UNet3DConditionModel"
             load = UNet3DConditionModel.from_pretrained if inflated else UNet3DConditionModel.from_pretrained_2d
-            unet = load(folder("unet"))
+            unet = load(folder("unet"), variant=variant)
         if vae is None:
-            vae = AutoencoderKL.from_pretrained(folder("vae"))
+            vae = AutoencoderKL.from_pretrained(folder("vae"), variant=variant)
         if text_encoder is None:
-            text_encoder = CLIPTextModel.from_pretrained(folder("text_encoder"))
+            text_encoder = CLIPTextModel.from_pretrained(folder("text_encoder"), variant=variant)
         if tokenizer is None:
             from transformers import CLIPTokenizer
             tokenizer = CLIPTokenizer.from_pretrained(folder("tokenizer"))
@@ -117,7 +134,7 @@ class TuneAVideoPipeline:
         if pixels.ndim != 5 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be [batch, 3, frames, height, width], got {tuple(pixels.shape)}")
         b, _, f, h, w = pixels.shape
-        self._check_size(h, w)
+        check_frame_size(h, w, self.vae_scale_factor)
         frames = pixels.transpose(0, 2, 1, 3, 4).reshape(b * f, 3, h, w)
         mean, std = self._frames_in_chunks(self.vae.encode, frames)
         c, lh, lw = mean.shape[1:]
@@ -132,12 +149,6 @@ class TuneAVideoPipeline:
         _, c, hh, ww = video.shape
         video = video.reshape(b, f, c, hh, ww).transpose(0, 2, 1, 3, 4)
         return np.clip(video.asnumpy().astype(np.float32) / 2 + 0.5, 0, 1)
-
-    def _check_size(self, height, width, through_unet=False):
-        factor = self.vae_scale_factor * (2 ** self.unet.num_upsamplers if through_unet else 1)
-        if height % factor or width % factor:
-            raise ValueError(f"height and width must be multiples of {factor}"
-                             f"{' (VAE and UNet downsampling)' if through_unet else ''}, got {height}x{width}")
 
     # ------------------------------------------------------------------------- denoising
 
@@ -163,7 +174,7 @@ class TuneAVideoPipeline:
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
-        self._check_size(height, width, through_unet=True)
+        check_frame_size(height, width, self.vae_scale_factor)
         batch = len(prompts) * num_videos_per_prompt
         shape = (batch, self.unet.config.in_channels, video_length, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)

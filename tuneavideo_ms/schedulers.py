@@ -1,19 +1,26 @@
 """DDIM (Song et al. 2020) as diffusers' DDIMScheduler, for epsilon and
 v-prediction models. Coefficients are Python floats, so `step` works on
 MindSpore tensors and numpy arrays alike."""
-import json
+import logging
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from .models.modeling import model_folder, read_config
+
+logger = logging.getLogger(__name__)
 
 DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                 trained_betas=None, clip_sample=True, set_alpha_to_one=True, steps_offset=0,
                 prediction_type="epsilon", clip_sample_range=1.0, timestep_spacing="leading",
                 rescale_betas_zero_snr=False, thresholding=False)
-# fields of other schedulers' configs (SD ships PNDM's) that DDIM does not use
-IGNORED = ("skip_prk_steps", "dynamic_thresholding_ratio", "sample_max_value", "variance_type")
+# fields of newer DDIM configs for what this DDIM refuses anyway (thresholding is for pixel-space models)
+IGNORED = ("dynamic_thresholding_ratio", "sample_max_value")
+# What the original's DDIMScheduler (diffusers 0.11.1) reads from another scheduler's config (SD 1.x ships
+# PNDM's, SD 2 base Euler's): that class's other fields, timestep_spacing included, do not apply to DDIM.
+ORIGINAL_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                   "clip_sample", "set_alpha_to_one", "steps_offset", "prediction_type")
 
 
 @dataclass
@@ -76,12 +83,15 @@ class DDIMScheduler:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_path, subfolder=None):
-        folder = os.path.join(pretrained_model_path, subfolder) if subfolder else pretrained_model_path
-        path = os.path.join(folder, "scheduler_config.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"scheduler_config.json not found in {folder}")
-        with open(path) as f:
-            return cls(**json.load(f))
+        """A DDIM scheduler from a scheduler folder; another scheduler's config (PNDM, Euler, LMS, ...)
+        gives its noise schedule, as in the original."""
+        folder = model_folder(pretrained_model_path, subfolder)
+        config = read_config(folder, "scheduler_config.json")
+        kind = config.get("_class_name", "DDIMScheduler")
+        if kind != "DDIMScheduler":
+            logger.info("%s: DDIM reads the noise schedule of this %s config", folder, kind)
+            config = {k: v for k, v in config.items() if k in ORIGINAL_FIELDS}
+        return cls(**config)
 
     def set_timesteps(self, num_inference_steps):
         n, c = num_inference_steps, self.config

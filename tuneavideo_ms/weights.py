@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -439,13 +440,103 @@ def read_state_dict(path):
     return dict(iter_tensors(path))
 
 
-def find_weight_file(folder, names):
-    """The first of `names` present in `folder`."""
+# ----------------------------------------------------------------------------- a model's weight files
+
+# the file names a model's weights go by, in the order they are looked for; the first is what is written
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                     "diffusion_pytorch_model.ckpt")
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.ckpt")
+
+def _with_variant(name, variant):
+    """diffusers' and transformers' variant naming: model.safetensors -> model.fp16.safetensors."""
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def _index_names(name, variant):
+    """The index files a sharded save of `name` may have (the variant's as both libraries have named it)."""
+    if variant is None:
+        return [name + ".index.json"]
+    return [f"{name}.index.{variant}.json", _with_variant(name, variant) + ".index.json"]
+
+
+def _shards(index_path):
+    """The shard files an index names, each a file beside the index (never a path elsewhere)."""
+    folder = os.path.dirname(index_path)
+    try:
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+        files = sorted(set(weight_map.values()))
+        if not all(isinstance(name, str) for name in files):
+            raise TypeError("a shard name is not a string")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise WeightsError(f"{index_path}: not a valid shard index ({e})") from None
+    for name in files:
+        if os.path.basename(name) != name or name in (".", ".."):
+            raise WeightsError(f"{index_path}: shard {name!r} is not a file name in {folder}")
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise WeightsError(f"{index_path}: shard {name} is missing from {folder}")
+    return [os.path.join(folder, name) for name in files]
+
+
+def is_weight_file(name, names):
+    """Whether `name` is one of `names`, a variant of one, a shard index or a shard of one."""
+    for base in names:
+        stem, ext = base.rsplit(".", 1)
+        if name.startswith(stem) and (name.endswith("." + ext) or name.endswith(".json") and f".{ext}.index" in name):
+            return True
+    return False
+
+
+def find_weights(folder, names, variant=None):
+    """The weight files of one model in `folder`: the first of `names` there (as
+    the `variant`, e.g. "fp16", when given), as one file or as the shards its
+    index lists. Returns a list of paths."""
     for name in names:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    raise WeightsError(f"no weight file in {folder} (looked for {', '.join(names)})")
+        single = os.path.join(folder, _with_variant(name, variant) if variant else name)
+        if os.path.isfile(single):
+            return [single]
+        for index in _index_names(name, variant):
+            if os.path.isfile(os.path.join(folder, index)):
+                return _shards(os.path.join(folder, index))
+    present = sorted(n for n in os.listdir(folder) if is_weight_file(n, names)) if os.path.isdir(folder) else []
+    wanted = f"the {variant} variant of " if variant else ""
+    hint = f"; found {', '.join(present)}" if present else ""
+    if present and variant is None:
+        hint += " (a variant: pass variant=, e.g. variant=\"fp16\" for *.fp16.*)"
+    raise WeightsError(f"no weight file in {folder} (looked for {wanted}{', '.join(names)}, also sharded){hint}")
+
+
+# diffusers before 0.15 named the VAE's attention query/key/value/proj_attn; today's diffusers renames them
+# while loading, and so does this reader
+_LEGACY_ATTENTION = re.compile(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$")
+_LEGACY_RENAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+# buffers older transformers saved beside the weights; they are recomputed, not loaded
+_LEGACY_BUFFERS = ("text_model.embeddings.position_ids",)
+
+
+def modern_name(name):
+    """Today's diffusers name of a tensor (legacy VAE attention names renamed)."""
+    m = _LEGACY_ATTENTION.match(name)
+    return f"{m.group(1)}{_LEGACY_RENAMES[m.group(2)]}.{m.group(3)}" if m else name
+
+
+def open_weights(paths):
+    """{today's name: TensorRef} over one model's weight files (one file or its
+    shards): legacy names renamed, legacy buffers left out; a name found twice
+    is an error."""
+    refs, origin = {}, {}
+    for path in paths:
+        for name, ref in open_tensors(path).items():
+            if name in _LEGACY_BUFFERS:
+                continue
+            new = modern_name(name)
+            if new in refs:
+                raise WeightsError(f"{path}: tensor {new} appears twice (as {name}, and in {origin[new]})")
+            refs[new], origin[new] = ref, f"{path}:{name}"
+    return refs
 
 
 def _listing(items, limit=10):
@@ -455,7 +546,8 @@ def _listing(items, limit=10):
 
 
 def load_into(cell, state, source="checkpoint", may_be_missing=lambda name: False):
-    """Sets every parameter of `cell` from `state` by name. Missing (unless
+    """Sets every parameter of `cell` from `state` (arrays or TensorRefs, read
+    one at a time) by name, cast to the parameter's dtype. Missing (unless
     `may_be_missing(name)`), unexpected and mis-shaped tensors give one error
     naming them all."""
     from mindspore import Tensor
@@ -476,7 +568,8 @@ def load_into(cell, state, source="checkpoint", may_be_missing=lambda name: Fals
         raise WeightsError(f"{source} does not fit {type(cell).__name__}: " + "; ".join(problems))
     for name, param in params.items():
         if name in state:
-            param.set_data(Tensor(np.asarray(state[name]).reshape(param.shape), dtype=param.dtype))
+            value = state[name].load() if isinstance(state[name], TensorRef) else state[name]
+            param.set_data(Tensor(np.asarray(value).reshape(param.shape), dtype=param.dtype))
 
 
 def checkpoint_shapes(cell):

@@ -17,6 +17,8 @@ def main(argv=None):
     parser.add_argument("--to", default="mindspore", choices=["mindspore", "diffusers"])
     parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: keep the source's")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--variant", default=None, help="convert the weights of this variant (e.g. fp16: "
+                        "*.fp16.safetensors); default: the plain files, variants left out")
     single = parser.add_argument_group("single-file (LDM) checkpoints")
     single.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
                         help="v_prediction for the SD 2.x 768 models")
@@ -27,7 +29,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         summary = convert(args.src, args.dst, args.to, args.dtype, args.overwrite, args.prediction_type,
-                          args.image_size, args.upcast_attention, args.tokenizer)
+                          args.image_size, args.upcast_attention, args.tokenizer, args.variant)
     except (ValueError, OSError) as e:
         sys.exit(f"weights_convert: {e}")
     print(f"{summary['kind']}: {summary['tensors']} tensors, {summary['bytes'] / 2 ** 20:.1f} MB, "

@@ -1,8 +1,9 @@
 """Converting Stable Diffusion and Tune-A-Video checkpoints to MindSpore
-checkpoints and back. The cells here use the diffusers parameter names, so a
-diffusers folder converts by changing the container (and the dtype, when
-asked), never a name or a value; a single-file LDM checkpoint is renamed to
-the diffusers layout on the way (ldm.py). One tensor is in memory at a time."""
+checkpoints and back. The cells here use today's diffusers parameter names, so
+a diffusers folder converts by changing the container (and the dtype, when
+asked), never a value: names change only where old diffusers wrote legacy ones
+(weights.open_weights); a single-file LDM checkpoint is renamed to the
+diffusers layout on the way (ldm.py). One tensor is in memory at a time."""
 import json
 import logging
 import os
@@ -12,37 +13,39 @@ import time
 from tqdm import tqdm
 
 from tuneavideo_ms.atomic import atomic_dir
-from tuneavideo_ms.weights import WeightsError, open_tensors, write_mindspore_ckpt, write_safetensors
+from tuneavideo_ms.weights import (DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, WeightsError, find_weights,
+                                   is_weight_file, open_tensors, open_weights, write_mindspore_ckpt,
+                                   write_safetensors)
 
 from . import ldm
 
 logger = logging.getLogger(__name__)
 
-# source weight file -> the stem both formats share
-STEMS = {"diffusion_pytorch_model": "diffusion_pytorch_model", "pytorch_model": "model", "model": "model"}
-EXTENSIONS = (".safetensors", ".bin", ".ckpt")
 DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 WRITERS = {"mindspore": (".ckpt", write_mindspore_ckpt), "diffusers": (".safetensors", write_safetensors)}
 SINGLE_FILE = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+# the pipeline's parts with weights this project loads; the rest of a pipeline folder (a safety checker,
+# a feature extractor) is copied as it is
+MODELS = ("unet", "vae", "text_encoder")
 
 
-def _is_weight_file(name):
-    stem, ext = os.path.splitext(name)
-    return stem in STEMS and ext in EXTENSIONS
-
-
-def _weight_file(folder):
-    return next((name for name in sorted(os.listdir(folder)) if _is_weight_file(name)), None)
+def _weight_names(folder):
+    """The weight naming (diffusers' or transformers') of a model folder, or None without weights."""
+    names = os.listdir(folder)
+    for weight_names in (DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS):
+        if any(is_weight_file(name, weight_names) for name in names):
+            return weight_names
+    return None
 
 
 def detect(src):
-    """'pipeline' (model_index.json), 'model' (config.json and one weight file), 'ldm' (a single
+    """'pipeline' (model_index.json), 'model' (config.json and weights), 'ldm' (a single
     Stable Diffusion file), or an error naming what is there."""
     if os.path.isdir(src):
         names = sorted(os.listdir(src))
         if "model_index.json" in names:
             return "pipeline"
-        if "config.json" in names and _weight_file(src):
+        if "config.json" in names and _weight_names(src):
             return "model"
         raise ValueError(f"unknown layout at {src}: found {', '.join(names[:12]) or 'an empty folder'}; expected a "
                          "diffusers pipeline (model_index.json) or a model folder (config.json + weights)")
@@ -78,30 +81,37 @@ def _write_json(path, obj):
         json.dump(obj, f, indent=2)
 
 
-def _model_folders(src, kind):
-    """(folder, weight file name) of each model in a diffusers source."""
-    folders = [src] if kind == "model" else [os.path.join(src, n) for n in sorted(os.listdir(src))
+def _models(src, kind, variant):
+    """(folder, weight naming, files read) of each model to convert in a diffusers source."""
+    folders = [src] if kind == "model" else [os.path.join(src, n) for n in MODELS
                                              if os.path.isfile(os.path.join(src, n, "config.json"))]
-    found = [(folder, _weight_file(folder)) for folder in folders]
-    return [(folder, weight) for folder, weight in found if weight]
+    return [(folder, names, find_weights(folder, names, variant)) for folder in folders
+            if (names := _weight_names(folder))]
 
 
-def _convert_folder(src, tmp, kind, writer_args):
-    models = [(folder, weight, open_tensors(os.path.join(folder, weight))) for folder, weight in
-              _model_folders(src, kind)]
-    writer = _Writer(*writer_args, total=sum(len(refs) for _, _, refs in models))
+def _convert_folder(src, tmp, kind, writer_args, variant):
+    models = [(folder, names, paths, open_weights(paths)) for folder, names, paths in _models(src, kind, variant)]
+    writer = _Writer(*writer_args, total=sum(len(refs) for *_, refs in models))
     if kind == "pipeline":
         for name in sorted(os.listdir(src)):
             path = os.path.join(src, name)
-            if not any(folder == path for folder, _, _ in models):
+            if not any(folder == path for folder, *_ in models):
                 (shutil.copytree if os.path.isdir(path) else shutil.copy2)(path, os.path.join(tmp, name))
-    for folder, weight, refs in models:
+    for folder, weight_names, paths, refs in models:
         out = tmp if kind == "model" else os.path.join(tmp, os.path.basename(folder))
         os.makedirs(out, exist_ok=True)
-        for name in os.listdir(folder):
-            if os.path.isfile(os.path.join(folder, name)) and not _is_weight_file(name):
+        read = {os.path.basename(p) for p in paths}
+        left_out = []
+        for name in sorted(os.listdir(folder)):
+            if is_weight_file(name, weight_names):
+                if name not in read and not name.endswith(".json"):
+                    left_out.append(name)
+            elif os.path.isfile(os.path.join(folder, name)):
                 shutil.copy2(os.path.join(folder, name), os.path.join(out, name))
-        writer.model(out, STEMS[os.path.splitext(weight)[0]], None, refs)
+        if left_out:
+            logger.info("%s: left out %s (other variants of the weights; --variant converts one)", folder,
+                        ", ".join(left_out))
+        writer.model(out, weight_names[0].rsplit(".", 1)[0], None, refs)
     return writer
 
 
@@ -135,9 +145,11 @@ def _convert_ldm(src, tmp, writer_args, prediction_type, image_size, upcast_atte
 
 
 def convert(src, dst, to="mindspore", dtype=None, overwrite=False, prediction_type="epsilon", image_size=None,
-            upcast_attention=False, tokenizer=None):
+            upcast_attention=False, tokenizer=None, variant=None):
     """Converts `src` into the folder `dst` (written under a temporary name and
-    renamed). Returns a summary dict."""
+    renamed). A diffusers source's weights are read as its models load them
+    (legacy names renamed, shards joined, the `variant`'s files when given)
+    and written as one file per model under the plain name. Returns a summary dict."""
     if to not in WRITERS:
         raise ValueError(f"--to must be mindspore or diffusers, not {to!r}")
     if dtype is not None and dtype not in DTYPES:
@@ -159,7 +171,7 @@ def convert(src, dst, to="mindspore", dtype=None, overwrite=False, prediction_ty
                 writer = _convert_ldm(src, tmp, writer_args, prediction_type, image_size, upcast_attention,
                                       tokenizer)
             else:
-                writer = _convert_folder(src, tmp, kind, writer_args)
+                writer = _convert_folder(src, tmp, kind, writer_args, variant)
             writer.bar.close()
     except (WeightsError, OSError, ValueError) as e:
         raise type(e)(f"conversion of {src} failed, nothing written to {dst}: {e}") from None

@@ -1,11 +1,12 @@
-"""Model folders in the diffusers layout: config.json plus one weight file."""
+"""Model folders in the diffusers layout: config.json plus weights (one file,
+an fp16 variant, or shards with an index), in a folder or a Hub snapshot."""
 import json
 import os
 
+from .. import hub
 from ..atomic import atomic_dir
-from ..weights import WeightsError, find_weight_file, iter_tensors, load_into, save_safetensors, state_dict
-
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.ckpt")
+from ..weights import (DIFFUSERS_WEIGHTS, WeightsError, find_weights, load_into, open_weights, save_safetensors,
+                       state_dict)
 
 
 class Config(dict):
@@ -19,43 +20,46 @@ class Config(dict):
 
 
 def model_folder(path, subfolder=None):
+    """The folder of a model: `path` (a folder or a Hub id), then `subfolder` in it."""
+    path = hub.resolve(path)
     folder = os.path.join(path, subfolder) if subfolder else path
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder not found: {folder}")
     return folder
 
 
-def read_config(folder):
-    path = os.path.join(folder, "config.json")
+def read_config(folder, filename="config.json"):
+    """A JSON config file of a model folder, as a dict."""
+    path = os.path.join(folder, filename)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.json not found in {folder}")
+        raise FileNotFoundError(f"{filename} not found in {folder}")
     try:
         with open(path) as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def load_weights(model, folder, weight_names=WEIGHT_NAMES, may_be_missing=lambda name: False, ignored=()):
-    """Loads `folder`'s weight file into `model`; tensors named in `ignored` are skipped."""
-    path = find_weight_file(folder, weight_names)
-    state = {name: tensor for name, tensor in iter_tensors(path) if name not in ignored}
-    load_into(model, state, source=path, may_be_missing=may_be_missing)
-    return path
+def load_weights(model, folder, weight_names=DIFFUSERS_WEIGHTS, variant=None, may_be_missing=lambda name: False):
+    """Loads `folder`'s weights (the `variant`'s when given) into `model`, under today's diffusers names."""
+    paths = find_weights(folder, weight_names, variant)
+    source = paths[0] if len(paths) == 1 else f"{folder} ({len(paths)} shards)"
+    load_into(model, open_weights(paths), source=source, may_be_missing=may_be_missing)
+    return paths
 
 
 class ModelMixin:
     """from_pretrained / save_pretrained for cells built from a config dict (`self.config`)."""
 
-    weight_names = WEIGHT_NAMES  # looked for in this order; the first is what save_pretrained writes
-    ignored_weights = ()  # buffers some exports carry that are not parameters
+    weight_names = DIFFUSERS_WEIGHTS  # looked for in this order; the first is what save_pretrained writes
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_path, subfolder=None):
-        """Loads a model folder: config.json and a weight file in any format weights.py reads."""
+    def from_pretrained(cls, pretrained_model_path, subfolder=None, variant=None):
+        """Loads a model folder (or Hub id): config.json and weights in any format weights.py reads;
+        `variant` ("fp16") picks diffusers' variant files. Parameters are float32 whatever the file holds."""
         folder = model_folder(pretrained_model_path, subfolder)
         model = cls(**read_config(folder))
-        load_weights(model, folder, cls.weight_names, ignored=cls.ignored_weights)
+        load_weights(model, folder, cls.weight_names, variant)
         return model
 
     def save_pretrained(self, save_directory):

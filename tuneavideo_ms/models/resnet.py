@@ -42,16 +42,23 @@ class InflatedConv3d(nn.Cell):
 
 
 class Upsample3D(nn.Cell):
-    """Nearest-neighbour 2x upsampling of each frame, then a 3x3 convolution."""
+    """Nearest-neighbour upsampling of each frame, then a 3x3 convolution.
+
+    The output is twice the input, or `output_size` (the skip connection's
+    height and width, one less than twice when a downsampler met an odd size):
+    nearest interpolation to 2h - 1 picks the same pixels as doubling and
+    dropping the last row."""
 
     def __init__(self, channels, out_channels=None):
         super().__init__()
         self.conv = InflatedConv3d(channels, out_channels or channels, 3, padding=1)
 
-    def construct(self, x):
+    def construct(self, x, output_size=None):
         b, c, f, h, w = x.shape
-        x = ops.broadcast_to(x.reshape(b, c, f, h, 1, w, 1), (b, c, f, h, 2, w, 2))
-        return self.conv(x.reshape(b, c, f, 2 * h, 2 * w))
+        x = ops.broadcast_to(x.reshape(b, c, f, h, 1, w, 1), (b, c, f, h, 2, w, 2)).reshape(b, c, f, 2 * h, 2 * w)
+        if output_size is not None and (output_size[0] != 2 * h or output_size[1] != 2 * w):
+            x = x[:, :, :, :output_size[0], :output_size[1]]
+        return self.conv(x)
 
 
 class Downsample3D(nn.Cell):

@@ -5,6 +5,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .. import backend
+from ..weights import TRANSFORMERS_WEIGHTS
 from .modeling import Config, ModelMixin
 from .normalization import LayerNorm
 
@@ -120,8 +121,7 @@ class CLIPTextTransformer(nn.Cell):
 class CLIPTextModel(ModelMixin, nn.Cell):
     """`model(input_ids)` -> (last_hidden_state, pooler_output), as transformers' CLIPTextModel."""
 
-    weight_names = ("model.safetensors", "pytorch_model.bin", "model.ckpt")
-    ignored_weights = ("text_model.embeddings.position_ids",)
+    weight_names = TRANSFORMERS_WEIGHTS
 
     def __init__(self, **config):
         super().__init__()

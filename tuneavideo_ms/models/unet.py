@@ -169,7 +169,6 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
                 **attn_args, **common))
         self.up_blocks = nn.CellList(up_blocks)
         self.up_block_layers = tuple(layers[n - 1 - i] + 1 for i in range(n))
-        self.num_upsamplers = n - 1
         self.conv_norm_out = GroupNorm(c.norm_num_groups, channels[0], eps=c.norm_eps)
         self.conv_out = InflatedConv3d(channels[0], c.out_channels, c.conv_out_kernel,
                                        padding=(c.conv_out_kernel - 1) // 2)
@@ -201,10 +200,6 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
                              f"{tuple(sample.shape)}")
         if sample.shape[1] != self.config.in_channels:
             raise ValueError(f"sample has {sample.shape[1]} channels; this UNet takes {self.config.in_channels}")
-        factor = 2 ** self.num_upsamplers
-        if sample.shape[3] % factor or sample.shape[4] % factor:
-            raise ValueError(f"sample height and width ({sample.shape[3]}x{sample.shape[4]}) must be divisible by "
-                             f"{factor}, the UNet's total downsampling")
         if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != self.cross_attention_dim:
             raise ValueError(f"encoder_hidden_states must be [batch, tokens, {self.cross_attention_dim}], got "
                              f"{tuple(encoder_hidden_states.shape)}")
@@ -229,20 +224,23 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
         if self.mid_block is not None:
             sample = self.mid_block(sample, emb, encoder_hidden_states)
         for block, n in zip(self.up_blocks, self.up_block_layers):
-            sample = block(sample, skips[-n:], emb, encoder_hidden_states)
-            skips = skips[:-n]
+            res_samples, skips = skips[-n:], skips[:-n]
+            # the next skip's size: upsampling meets it exactly when a size was odd on the way down
+            upsample_size = skips[-1].shape[-2:] if skips else None
+            sample = block(sample, res_samples, emb, encoder_hidden_states, upsample_size)
         return self.conv_out(ops.silu(self.conv_norm_out(sample)))
 
     # ------------------------------------------------------------------------- loading and saving
 
     @classmethod
-    def from_pretrained_2d(cls, pretrained_model_path, subfolder=None):
-        """Inflates a Stable Diffusion UNet2DConditionModel folder. The temporal
-        layers are new: attn_temp starts with a zero output projection, so the
-        video UNet equals the image UNet frame by frame on a static clip."""
+    def from_pretrained_2d(cls, pretrained_model_path, subfolder=None, variant=None):
+        """Inflates a Stable Diffusion UNet2DConditionModel folder (or Hub id). The
+        temporal layers are new: attn_temp starts with a zero output projection,
+        so the video UNet equals the image UNet frame by frame on a static clip."""
         folder = model_folder(pretrained_model_path, subfolder)
         model = cls(**read_config(folder))
-        load_weights(model, folder, may_be_missing=lambda name: ".attn_temp." in name or ".norm_temp." in name)
+        load_weights(model, folder, variant=variant,
+                     may_be_missing=lambda name: ".attn_temp." in name or ".norm_temp." in name)
         model._init_temporal_projections()
         return model
 

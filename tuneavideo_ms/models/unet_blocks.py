@@ -141,13 +141,13 @@ class UpBlock3D(nn.Cell):
         if add_upsample:
             self.upsamplers = nn.CellList([Upsample3D(out_channels)])
 
-    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None):
+    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None, upsample_size=None):
         for resnet in self.resnets:
             res_hidden_states = res_hidden_states_tuple[-1]
             res_hidden_states_tuple = res_hidden_states_tuple[:-1]
             hidden_states = resnet(ops.concat((hidden_states, res_hidden_states), 1), temb)
         if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states)
+            hidden_states = self.upsamplers[0](hidden_states, upsample_size)
         return hidden_states
 
 
@@ -168,12 +168,12 @@ class CrossAttnUpBlock3D(nn.Cell):
         if add_upsample:
             self.upsamplers = nn.CellList([Upsample3D(out_channels)])
 
-    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None):
+    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None, upsample_size=None):
         for resnet, attn in zip(self.resnets, self.attentions):
             res_hidden_states = res_hidden_states_tuple[-1]
             res_hidden_states_tuple = res_hidden_states_tuple[:-1]
             hidden_states = resnet(ops.concat((hidden_states, res_hidden_states), 1), temb)
             hidden_states = attn(hidden_states, encoder_hidden_states)
         if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states)
+            hidden_states = self.upsamplers[0](hidden_states, upsample_size)
         return hidden_states
