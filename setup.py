@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Tune-A-Video (one-shot video tuning of Stable Diffusion) on MindSpore",
     packages=find_packages(include=["tuneavideo_ms", "tuneavideo_ms.*", "weights_convert", "weights_convert.*"]),
-    package_data={"tuneavideo_ms": ["assets/*.mp4", "csrc/*.cc", "csrc/*.h"]},
+    package_data={"tuneavideo_ms": ["demo.yaml", "assets/*.mp4", "csrc/*.cc", "csrc/*.h"]},
     python_requires=">=3.9",
     install_requires=[
         "mindspore==2.10.0",

@@ -57,7 +57,7 @@ def _measure(job, mode, steps, model_dir, extra):
         from tuneavideo_ms.config import load_config
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
-            config = load_config(os.path.join(REPO, "configs", "demo.yaml"), [
+            config = load_config(os.path.join(REPO, "tuneavideo_ms", "demo.yaml"), [
                 f"pretrained_model_path={model_dir}", f"output_dir={out}", f"mode={mode}",
                 f"train_data.video_path={os.path.join(REPO, 'tuneavideo_ms', 'assets', 'man-skiing.mp4')}",
                 f"max_train_steps={steps + 1}", "checkpointing_steps=100000", "validation_data.prompts=[]",

@@ -32,12 +32,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_CLIP = os.path.join(REPO, "tuneavideo_ms", "assets", "man-skiing.mp4")  # 16 frames, 128x128
 
 
-def shared_clip(name):
-    """A real clip from shared/videos (beside the checkout, or where
-    TUNEAVIDEO_SHARED_VIDEOS points); the bundled cut of man-skiing where a
-    checkout has no shared/ beside it."""
-    for folder in (os.environ.get("TUNEAVIDEO_SHARED_VIDEOS"), os.path.join(REPO, "..", "shared", "videos"),
-                   "/work/shared/videos"):
-        if folder and os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    return BUNDLED_CLIP
+DEMO_CONFIG = os.path.join(REPO, "tuneavideo_ms", "demo.yaml")
+HUB_SD1 = os.path.join(REPO, "tests", "data", "hub-sd1")  # written by diffusers 0.11.1 (tests/data/README.md)
+HUB_SD2 = os.path.join(REPO, "tests", "data", "hub-sd2")
+
+
+def example_clip(name):
+    """One of the real clips in the repository's data/."""
+    return os.path.join(REPO, "data", name)

@@ -56,7 +56,7 @@ def test_errors_name_the_problem(tmp_path):
         read_video(str(bad), 1, 64, 64)
     with pytest.raises(ValueError, match=r"has 16 frames; 30 frames from index 5 every 3 need 93"):
         read_video(CLIP, n_sample_frames=30, width=64, height=64, sample_start_idx=5, sample_frame_rate=3)
-    with pytest.raises(ValueError, match="multiples of 8, got 60x64"):
+    with pytest.raises(ValueError, match=r"multiples of 8: width 60 \(nearest that work: 56 or 64\)"):
         read_video(CLIP, 2, width=60, height=64)
     with pytest.raises(ValueError, match="unsupported video type"):
         read_video(__file__, 2, 64, 64)

@@ -9,12 +9,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import BUNDLED_CLIP, REPO, shared_clip
+from conftest import BUNDLED_CLIP, DEMO_CONFIG, REPO, example_clip
 from tuneavideo_ms import tiny, training
 from tuneavideo_ms.config import load_config
 from tuneavideo_ms.weights import read_state_dict
 
-DEMO = os.path.join(REPO, "configs", "demo.yaml")
+DEMO = DEMO_CONFIG
 # adam_epsilon=1: Adam's first steps move each weight by +-lr whatever its gradient's size, so
 # rounding-level differences in near-zero gradients (a batch-2 sum against the all-reduce of two
 # batch-1 gradients) would flip whole steps; with a large epsilon the update follows the gradient.
@@ -37,7 +37,7 @@ def _trained(output_dir):
 
 
 def test_two_workers_equal_one_process_with_batch_two(sd, tmp_path):
-    settings = [f"pretrained_model_path={sd}", f"train_data.video_path={shared_clip('man-surfing.mp4')}", *COMMON]
+    settings = [f"pretrained_model_path={sd}", f"train_data.video_path={example_clip('man-surfing.mp4')}", *COMMON]
     logs = tmp_path / "logs"
     result = _launch("launch_train.sh", "--workers", "2", "--config", DEMO, "--log-dir", str(logs),
                      "--master-port", "8157", *settings, f"output_dir={tmp_path / 'dp'}")
@@ -67,7 +67,7 @@ def test_a_crashing_worker_fails_the_launch_with_its_log(sd, tmp_path, monkeypat
 def test_many_clips_run_n_at_a_time_and_a_failure_is_reported(sd, tmp_path):
     configs = []
     for name, clip in (("skiing", BUNDLED_CLIP), ("absent", str(tmp_path / "absent.mp4")),
-                       ("surfing", shared_clip("man-surfing.mp4"))):
+                       ("surfing", example_clip("man-surfing.mp4"))):
         path = tmp_path / f"{name}.yaml"
         path.write_text(f"pretrained_model_path: {sd}\noutput_dir: {tmp_path / name}\n"
                         f"train_data:\n  video_path: {clip}\n  prompt: a man\n  n_sample_frames: 2\n"

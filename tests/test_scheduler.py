@@ -57,5 +57,9 @@ def test_from_config_and_pretrained(tmp_path):
     assert DDIMScheduler.from_config(loaded.config).config == loaded.config
     # Stable Diffusion ships a PNDM config; DDIM reads it as the original does
     DDIMScheduler(_class_name="PNDMScheduler", skip_prk_steps=True, **CONFIGS[1])
+    # of another class's config DDIM takes only what diffusers 0.11.1's DDIM knew: Euler's spacing is Euler's
+    euler = DDIMScheduler.from_config(dict(CONFIGS[1], _class_name="EulerDiscreteScheduler",
+                                           timestep_spacing="linspace", interpolation_type="linear"))
+    assert euler.config["timestep_spacing"] == "leading" and euler.config["steps_offset"] == 1
     with pytest.raises(ValueError, match="unsupported prediction_type"):
         DDIMScheduler(prediction_type="flow")

@@ -7,14 +7,14 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import rel_err, shared_clip
+from conftest import DEMO_CONFIG, example_clip, rel_err
 from tuneavideo_ms import backend, tiny, training
 from tuneavideo_ms.config import load_config
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.weights import read_state_dict, state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIP = shared_clip("man-surfing.mp4")
+CLIP = example_clip("man-surfing.mp4")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def sd(tmp_path_factory):
 
 
 def _config(sd, output_dir, *overrides):
-    return load_config(os.path.join(REPO, "configs", "demo.yaml"), [
+    return load_config(DEMO_CONFIG, [
         f"pretrained_model_path={sd}", f"output_dir={output_dir}", f"train_data.video_path={CLIP}",
         "train_data.n_sample_frames=2", "train_data.sample_start_idx=5", "train_data.sample_frame_rate=3",
         "validation_data.prompts=[]", "checkpointing_steps=2", *overrides])
@@ -167,8 +167,12 @@ def test_config_errors(tmp_path):
         load_config(None, base + ["use_8bit_adam=true"])
     with pytest.raises(ValueError, match="config needs train_data.prompt"):
         load_config(None, base[:3])
-    for name in ("man-skiing", "man-surfing", "rabbit-watermelon", "car-turn", "demo"):
-        assert load_config(os.path.join(REPO, "configs", f"{name}.yaml")).train_data.prompt
+    for path in [os.path.join(REPO, "configs", f"{n}.yaml") for n in ("man-skiing", "man-surfing",
+                                                                     "rabbit-watermelon", "car-turn")] + [DEMO_CONFIG]:
+        config = load_config(path)
+        assert config.train_data.prompt
+        # the example clips are inside the checkout (the demo's path is set by `python -m tuneavideo_ms`)
+        assert path == DEMO_CONFIG or os.path.isfile(os.path.join(REPO, config.train_data.video_path))
 
 
 @pytest.mark.parametrize("name", ["constant", "constant_with_warmup", "linear", "cosine"])

@@ -1,5 +1,5 @@
 """`python -m tuneavideo_ms`: the demo. Builds the tiny Stable Diffusion
-(random weights), tunes it on the bundled clip with configs/demo.yaml,
+(random weights), tunes it on the bundled clip with demo.yaml (beside this file),
 inverts the clip and samples two edited prompts. The videos are noise (the
 weights are random); every step of the real job runs."""
 import argparse
@@ -7,7 +7,7 @@ import logging
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEMO_CONFIG = os.path.join(os.path.dirname(HERE), "configs", "demo.yaml")
+DEMO_CONFIG = os.path.join(HERE, "demo.yaml")
 DEMO_CLIP = os.path.join(HERE, "assets", "man-skiing.mp4")
 
 
@@ -15,7 +15,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--model_dir", default="outputs/tiny-sd", help="where the tiny model is written")
-    parser.add_argument("overrides", nargs="*", help="key=value settings over configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value settings over the demo's config")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 

@@ -57,6 +57,10 @@ class DDIMScheduler:
     init_noise_sigma = 1.0
 
     def __init__(self, **config):
+        kind = config.get("_class_name", "DDIMScheduler")
+        if kind != "DDIMScheduler":
+            logger.info("DDIM takes the noise schedule of a %s config", kind)
+            config = {k: v for k, v in config.items() if k in ORIGINAL_FIELDS}
         unknown = sorted(k for k in config if k not in DEFAULTS and k not in IGNORED and not k.startswith("_"))
         if unknown:
             raise ValueError(f"unknown DDIM scheduler fields: {', '.join(unknown)}")
@@ -83,15 +87,9 @@ class DDIMScheduler:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_path, subfolder=None):
-        """A DDIM scheduler from a scheduler folder; another scheduler's config (PNDM, Euler, LMS, ...)
-        gives its noise schedule, as in the original."""
-        folder = model_folder(pretrained_model_path, subfolder)
-        config = read_config(folder, "scheduler_config.json")
-        kind = config.get("_class_name", "DDIMScheduler")
-        if kind != "DDIMScheduler":
-            logger.info("%s: DDIM reads the noise schedule of this %s config", folder, kind)
-            config = {k: v for k, v in config.items() if k in ORIGINAL_FIELDS}
-        return cls(**config)
+        """A DDIM scheduler from a scheduler folder (or Hub id); another scheduler's config (PNDM, Euler,
+        LMS, ...) gives its noise schedule, as in the original."""
+        return cls(**read_config(model_folder(pretrained_model_path, subfolder), "scheduler_config.json"))
 
     def set_timesteps(self, num_inference_steps):
         n, c = num_inference_steps, self.config
