@@ -99,7 +99,7 @@ def main():
                                   model_dir, extra or "-"], capture_output=True, text=True,
                                  env=dict(os.environ, TUNEAVIDEO_COMPILE_CACHE="off"))
             wall = time.perf_counter() - start
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            line = [text for text in out.stdout.splitlines() if text.startswith("RESULT ")]
             if not line:
                 raise RuntimeError(f"{job} {mode} failed:\n{out.stderr[-2000:]}")
             result = {k: v for k, v in json.loads(line[0][7:]).items() if v is not None}

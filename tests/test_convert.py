@@ -12,7 +12,7 @@ from torch_reference import SD2_CONFIG, VideoUNetOracle, make_unet_2d
 from tuneavideo_ms import tiny
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.pipelines import TuneAVideoPipeline
-from tuneavideo_ms.weights import read_state_dict
+from tuneavideo_ms.weights import TensorRef, read_state_dict, write_safetensors
 from weights_convert import convert
 
 
@@ -84,3 +84,20 @@ def test_bad_sources_leave_nothing_behind(tmp_path):
     assert result.returncode != 0 and "unknown layout" in result.stderr
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         convert(str(tmp_path / "bad"), str(tmp_path / "out"))
+
+
+def test_the_converter_never_destroys_its_source(tmp_path):
+    """A destination equal to, inside or holding the source is refused, --overwrite or not."""
+    run = tmp_path / "outputs" / "x"
+    unet = run / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text("{}")
+    write_safetensors(unet / "diffusion_pytorch_model.safetensors", {"w": TensorRef.of(np.ones(3, np.float32))})
+    before = sorted(os.listdir(unet))
+    for dst, relation in ((unet, "is"), (unet / "ms", "is inside"), (run, "contains"), (tmp_path, "contains")):
+        with pytest.raises(ValueError, match=f"{relation} the source .*would destroy the source"):
+            convert(str(unet), str(dst), overwrite=True, dtype="fp16")
+    assert sorted(os.listdir(unet)) == before
+    result = _run("--src", str(unet), "--dst", str(run), "--overwrite")
+    assert result.returncode != 0 and "would destroy the source" in result.stderr
+    assert sorted(os.listdir(unet)) == before

@@ -170,8 +170,12 @@ def _shard(path, folder, stem, ext, write):
 def test_sharded_weights(tmp_path):
     sd = _copy(tmp_path)
     before = TuneAVideoPipeline.from_pretrained(str(sd))
-    write_safetensors_state = lambda path, state: write_safetensors(path, {n: TensorRef.of(v) for n, v in state.items()})  # noqa: E731
-    torch_save = lambda path, state: torch.save({n: torch.from_numpy(v) for n, v in state.items()}, path)  # noqa: E731
+    def write_safetensors_state(path, state):
+        write_safetensors(path, {n: TensorRef.of(v) for n, v in state.items()})
+
+    def torch_save(path, state):
+        torch.save({n: torch.from_numpy(v) for n, v in state.items()}, path)
+
     _shard(sd / "unet" / "diffusion_pytorch_model.bin", sd / "unet", "diffusion_pytorch_model", ".safetensors",
            write_safetensors_state)
     _shard(sd / "text_encoder" / "pytorch_model.bin", sd / "text_encoder", "pytorch_model", ".bin", torch_save)

@@ -1,5 +1,6 @@
 """VAE and text encoder against diffusers/transformers; the pipeline and the
 inference command on the tiny model."""
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from torch_reference import assert_matches_torch
 from tuneavideo_ms import tiny
 from tuneavideo_ms.models.text_encoder import CLIPTextModel
 from tuneavideo_ms.models.vae import AutoencoderKL
+from tuneavideo_ms.editing import prompt_filenames
 from tuneavideo_ms.pipelines import TuneAVideoPipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,7 +151,8 @@ def test_infer_edits_a_real_clip(tmp_path):
                     "--num_inference_steps", "2", "--output_dir", str(out), "--mode", "pynative")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(out)) == sorted(["a_b.gif", "a_b.mp4", "a man is surfing.gif", "a man is surfing.mp4",
-                                              "grid.gif", "inv_latents.npy"])
+                                              "grid.gif", "inv_latents.npy", "prompts.json"])
+    assert json.loads((out / "prompts.json").read_text()) == {"a man is surfing": "a man is surfing", "a_b": "a/b"}
     for name in ("a man is surfing.gif", "a man is surfing.mp4"):
         frames = imageio.mimread(out / name)
         assert len(frames) == 3 and frames[0].shape[:2] == (128, 64), name
@@ -164,3 +167,12 @@ def test_infer_reports_a_missing_or_unreadable_clip(tmp_path):
     result = _infer("--pretrained_model_path", str(tmp_path), "--video", str(tmp_path / "bad.mp4"),
                     "--prompts", "x", "--mode", "pynative")
     assert result.returncode != 0 and "cannot read this video" in result.stderr
+
+
+def test_prompts_get_distinct_safe_file_names():
+    prompts = ["a/b", "a_b", " a_b ", "a man is skiing", "a man is skiing", "x" * 300, "x" * 299, "", "../etc"]
+    stems = prompt_filenames(prompts)
+    assert len(set(stems)) == len(prompts)
+    assert stems[3].startswith("a man is skiing-") and stems[4].startswith(stems[3] + "-")
+    assert all(len(s.encode()) + len(".mp4") <= 255 and "/" not in s and not s.startswith(".") for s in stems)
+    assert stems[0].startswith("a_b-") and stems[7] == "empty-prompt" and stems[8] == "_etc"

@@ -7,7 +7,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import DEMO_CONFIG, example_clip, rel_err
+from conftest import BUNDLED_CLIP, DEMO_CONFIG, example_clip, rel_err
 from tuneavideo_ms import backend, tiny, training
 from tuneavideo_ms.config import load_config
 from tuneavideo_ms.models import UNet3DConditionModel
@@ -61,7 +61,8 @@ def test_outputs_of_a_run(four_steps):
     assert os.listdir(os.path.join(four_steps, "inv_latents")) == ["ddim_latent-4.npy"]
     samples = os.path.join(four_steps, "samples")
     assert sorted(os.listdir(samples)) == ["sample-4", "sample-4.gif"]
-    assert sorted(os.listdir(os.path.join(samples, "sample-4"))) == ["a man is skiing.gif", "a man is skiing.mp4"]
+    assert sorted(os.listdir(os.path.join(samples, "sample-4"))) == ["a man is skiing.gif", "a man is skiing.mp4",
+                                                                     "prompts.json"]
     log = open(os.path.join(four_steps, "train.log")).read()
     assert "step 4 loss" in log and "saved" in log
     assert load_config(os.path.join(four_steps, "config.yaml")).max_train_steps == 4
@@ -117,6 +118,44 @@ def test_nan_loss_stops_naming_the_step(sd, tmp_path):
         training.main(_config(sd, out, "max_train_steps=3", "checkpointing_steps=1", "learning_rate=1e30",
                               "mixed_precision=no", "mode=pynative", "gradient_checkpointing=False"))
     assert sorted(os.listdir(out)) == ["checkpoint-1", "train.log"]
+    # the log ends with what stopped the run
+    log = open(os.path.join(out, "train.log")).read()
+    assert "the run stopped: FloatingPointError: loss is" in log.split("\n\n")[-1]
+    assert log.rstrip().endswith("Last checkpoint: " + os.path.join(out, "checkpoint-1"))
+
+
+def test_a_failed_validation_costs_nothing(sd, tmp_path, monkeypatch):
+    """The tuned UNet and config are written before the last validation, and a validation that fails
+    is logged with its traceback while the run goes on."""
+    def broken(pipe, clip_latents, validation_data, output_dir, step, seed):
+        saved = os.path.isdir(os.path.join(out, "unet")) and os.path.isfile(os.path.join(out, "config.yaml"))
+        raise RuntimeError(f"sampling broke at step {step}, tuned UNet saved: {saved}")
+    monkeypatch.setattr(training, "validate", broken)
+    out = str(tmp_path / "run")
+    assert training.main(_config(sd, out, "max_train_steps=2", "validation_steps=1", "mode=pynative",
+                                 "gradient_checkpointing=False", "validation_data.prompts=[x]",
+                                 "validation_data.video_length=2")) == out
+    log = open(os.path.join(out, "train.log")).read()
+    assert "RuntimeError: sampling broke at step 1, tuned UNet saved: False" in log and "step 2 loss" in log
+    assert "RuntimeError: sampling broke at step 2, tuned UNet saved: True" in log
+    assert "validation failed at step 1, 2" in log
+    assert os.path.isfile(os.path.join(out, "unet", "diffusion_pytorch_model.safetensors"))
+
+
+def test_bad_paths_fail_before_anything_is_written(sd, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="train_data.video_path: video not found"):
+        training.main(_config(sd, str(out), f"train_data.video_path={tmp_path / 'none.mp4'}"))
+    with pytest.raises(FileNotFoundError, match="pretrained_model_path: .* is not a folder"):
+        training.main(_config(str(tmp_path / "no-model"), str(out)))
+    with pytest.raises(FileNotFoundError, match="resume_from_checkpoint: no checkpoint checkpoint-7"):
+        training.main(_config(sd, str(out), "resume_from_checkpoint=checkpoint-7"))
+    with pytest.raises(ValueError, match="has 16 frames"):  # the clip is read before anything is written
+        training.main(_config(sd, str(out), f"train_data.video_path={BUNDLED_CLIP}", "train_data.sample_start_idx=15"))
+    assert not out.exists()
+    out.write_text("a file")
+    with pytest.raises(NotADirectoryError, match="output_dir: .* is a file"):
+        training.main(_config(sd, str(out)))
 
 
 def test_gradient_checkpointing_keeps_every_gradient(sd, monkeypatch):

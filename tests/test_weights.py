@@ -189,3 +189,48 @@ def test_streaming_writers_match_mindspore_and_torch(tmp_path):
     assert torch.equal(loaded["w"], expected) and loaded["step"].dtype == torch.int64
     assert ms.load_checkpoint(str(tmp_path / "b.ckpt"))["w"].dtype == ms.bfloat16
     assert np.array_equal(read_state_dict(tmp_path / "b.ckpt")["w"], expected.float().numpy())
+
+
+def _patched_bin(tmp_path, name, tensor, patches):
+    """torch.save({"w": tensor}) with integers of its pickle replaced: `patches` maps
+    (opcode name, value, occurrence) to the new value (same width)."""
+    import io
+    import pickletools
+    import zipfile
+    torch.save({"w": tensor}, tmp_path / "clean.bin")
+    with zipfile.ZipFile(tmp_path / "clean.bin") as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for filename, body in entries:
+            if filename.endswith("data.pkl"):
+                body, seen = bytearray(body), {}
+                widths = {"BININT": 4, "BININT1": 1, "BININT2": 2}
+                for op, arg, pos in pickletools.genops(bytes(body)):
+                    if op.name in widths:
+                        seen[(op.name, arg)] = seen.get((op.name, arg), 0) + 1
+                        new = patches.get((op.name, arg, seen[(op.name, arg)]))
+                        if new is not None:
+                            body[pos + 1:pos + 1 + widths[op.name]] = new.to_bytes(widths[op.name], "little")
+                body = bytes(body)
+            zf.writestr(filename, body)
+    (tmp_path / name).write_bytes(out.getvalue())
+    return tmp_path / name
+
+
+def test_tensor_metadata_is_checked_against_its_storage_and_file(tmp_path):
+    """A tensor claiming more than its storage holds (once a crash or a copy of process memory),
+    a stride-0 tensor claiming gigabytes, and a safetensors entry whose bytes do not fit its shape."""
+    n = 70000  # pickled as a 4-byte int: (pid numel, size) in that order
+    overrun = _patched_bin(tmp_path, "overrun.bin", torch.zeros(n), {("BININT", n, 2): n + 1})
+    with pytest.raises(WeightsError, match=r"reads past its storage of 70000 elements"):
+        read_state_dict(overrun)
+    huge = _patched_bin(tmp_path, "huge.bin", torch.zeros(n), {("BININT", n, 2): 2 ** 31 - 1, ("BININT1", 1, 1): 0})
+    with pytest.raises(WeightsError, match="more than the file holds"):
+        read_state_dict(huge)
+    assert np.array_equal(read_state_dict(_patched_bin(tmp_path, "same.bin", torch.ones(n), {}))["w"], np.ones(n))
+    write_safetensors(tmp_path / "w.safetensors", {"w": TensorRef.of(np.ones((4, 4), np.float32))})
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(data.replace(b'"shape":[4,4]', b'"shape":[4,3]'))
+    with pytest.raises(WeightsError, match=r"has 64 bytes for F32 of shape \(4, 3\) \(48 needed\)"):
+        read_state_dict(tmp_path / "short.safetensors")

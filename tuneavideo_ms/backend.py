@@ -72,7 +72,8 @@ def device():
 def check_dtype(dtype):
     """bf16 matmuls have no CPU kernel in MindSpore 2.10; say so up front."""
     if dtype == ms.bfloat16 and device() == "CPU":
-        raise ValueError("bf16 needs an Ascend device: MindSpore has no bf16 MatMul kernel on CPU; use fp32 or fp16")
+        raise ValueError("bf16 needs an Ascend device: MindSpore has no bf16 MatMul kernel on CPU; use fp16 or "
+                         "float32 (mixed_precision: fp16 or no)")
 
 
 # ----------------------------------------------------------------------------- transposes

@@ -1,7 +1,10 @@
 """Editing a clip: invert it once, then sample any number of prompts from the
 inverted noise and write each as GIF and MP4, plus a grid of all of them."""
+import hashlib
+import json
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -25,22 +28,53 @@ def invert_clip(pipe, latents, num_inv_steps, prompt="", save_path=None):
     return noise
 
 
-def prompt_filename(prompt):
-    return prompt.replace(os.sep, "_").strip() or "empty-prompt"
+NAME_BYTES = 120  # a stem this long leaves room for any extension under the usual 255-byte name limit
+
+
+def _digest(prompt):
+    return hashlib.sha1(prompt.encode()).hexdigest()[:8]
+
+
+def prompt_filenames(prompts):
+    """A distinct, safe file stem per prompt: the prompt itself where it can be
+    (path separators and control characters replaced, surrounding spaces and
+    leading dots dropped, at most NAME_BYTES bytes), with a short hash of the
+    prompt where it was shortened or where another prompt gives the same stem."""
+    stems = []
+    for prompt in prompts:
+        stem = re.sub(r"[/\\\x00-\x1f]", "_", prompt).strip().lstrip(".") or "empty-prompt"
+        encoded = stem.encode()
+        if len(encoded) > NAME_BYTES:
+            stem = encoded[:NAME_BYTES - 9].decode(errors="ignore").rstrip() + "-" + _digest(prompt)
+        stems.append(stem)
+    counts = {stem: stems.count(stem) for stem in stems}
+    taken = set()
+    for i, (prompt, stem) in enumerate(zip(prompts, stems)):
+        if counts[stem] > 1:
+            stem = f"{stem}-{_digest(prompt)}"
+        while stem in taken:  # the same prompt twice
+            stem = f"{stem}-{i}"
+        taken.add(stem)
+        stems[i] = stem
+    return stems
 
 
 def sample_edits(pipe, prompts, output_dir, latents=None, formats=("gif", "mp4"), fps=8, grid_path=None,
                  **sampling):
     """Samples each prompt (from `latents`, the inverted noise, when given) and
-    writes output_dir/<prompt>.<format> and a grid of all prompts (by default
-    output_dir/grid.gif). Returns the paths."""
+    writes output_dir/<prompt>.<format> (named by prompt_filenames), a grid of
+    all prompts (by default output_dir/grid.gif) and prompts.json (file stem ->
+    prompt). Returns the paths."""
     os.makedirs(output_dir, exist_ok=True)
+    stems = prompt_filenames(prompts)
+    with atomic_file(os.path.join(output_dir, "prompts.json")) as tmp, open(tmp, "w") as f:
+        json.dump(dict(zip(stems, prompts)), f, indent=2, ensure_ascii=False)
     videos, paths = [], []
-    for prompt in prompts:
+    for prompt, stem in zip(prompts, stems):
         video = pipe(prompt, latents=latents, **sampling).videos
         videos.append(video[0])
         for fmt in formats:
-            paths.append(save_video(video[0], os.path.join(output_dir, f"{prompt_filename(prompt)}.{fmt}"), fps))
+            paths.append(save_video(video[0], os.path.join(output_dir, f"{stem}.{fmt}"), fps))
     grid_path = grid_path or os.path.join(output_dir, "grid.gif")
     paths.append(save_videos_grid(np.stack(videos), grid_path, n_rows=1, fps=fps))
     for path in paths:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import backend, graph_cache
 from .atomic import atomic_dir, atomic_file
+from .config import check_paths, resolve_checkpoint
 from .data import read_video
 from .editing import invert_clip, sample_edits
 from .models import UNet3DConditionModel
@@ -272,26 +273,33 @@ def _shared_seed(seed, rank, world_size):
 def main(config):
     """Tunes a video UNet as `config` (see config.py) says, data-parallel over
     msrun's workers when launched by msrun; returns the output folder. Only
-    worker 0 writes checkpoints, validation samples, the tuned UNet and train.log."""
+    worker 0 writes checkpoints, validation samples, the tuned UNet and train.log.
+    The config's paths and the clip are checked before anything is written."""
     c = config
+    check_paths(c)
+    pixels = read_video(c.train_data.video_path, c.train_data.n_sample_frames, c.train_data.width,
+                        c.train_data.height, c.train_data.sample_start_idx, c.train_data.sample_frame_rate,
+                        c.train_data.crop)
     backend.setup(c.device, c.mode)
+    if c.mixed_precision == "bf16":
+        backend.check_dtype(ms.bfloat16)
     rank, world_size = data_parallel()
     os.makedirs(c.output_dir, exist_ok=True)
     handler = _log_to_file(os.path.join(c.output_dir, "train.log")) if rank == 0 else None
     try:
-        return _train(c, rank, world_size)
+        return _train(c, pixels, rank, world_size)
+    except BaseException as e:
+        logger.error("the run stopped: %s: %s", type(e).__name__, e, exc_info=not isinstance(e, KeyboardInterrupt))
+        raise
     finally:
         if handler is not None:
             logging.getLogger("tuneavideo_ms").removeHandler(handler)
             handler.close()
 
 
-def _train(c, rank, world_size):
+def _train(c, pixels, rank, world_size):
     seed = c.seed if c.seed is not None else _shared_seed(int(np.random.SeedSequence().entropy % 2 ** 32),
                                                           rank, world_size)
-    pixels = read_video(c.train_data.video_path, c.train_data.n_sample_frames, c.train_data.width,
-                        c.train_data.height, c.train_data.sample_start_idx, c.train_data.sample_frame_rate,
-                        c.train_data.crop)
     unet = UNet3DConditionModel.from_pretrained_2d(c.pretrained_model_path, subfolder="unet")
     pipe = TuneAVideoPipeline.from_pretrained(c.pretrained_model_path, unet=unet)
     noise_scheduler = pipe.scheduler  # training reads only its noise schedule, which sampling never changes
@@ -305,9 +313,7 @@ def _train(c, rank, world_size):
     if c.gradient_checkpointing:
         enable_gradient_checkpointing(unet)
     if c.mixed_precision != "no":
-        dtype = ms.float16 if c.mixed_precision == "fp16" else ms.bfloat16
-        backend.check_dtype(dtype)
-        unet.to_float(dtype)
+        unet.to_float(ms.float16 if c.mixed_precision == "fp16" else ms.bfloat16)
     learning_rate = c.learning_rate
     if c.scale_lr:
         learning_rate *= c.gradient_accumulation_steps * c.train_batch_size * world_size
@@ -321,7 +327,7 @@ def _train(c, rank, world_size):
 
     step = 0
     if c.resume_from_checkpoint:
-        path = latest_checkpoint(c.output_dir) if c.resume_from_checkpoint == "latest" else c.resume_from_checkpoint
+        path = latest_checkpoint(c.output_dir) if c.resume_from_checkpoint == "latest" else resolve_checkpoint(c)
         if path is None:
             logger.info("no checkpoint in %s; starting a new run", c.output_dir)
         else:
@@ -330,6 +336,7 @@ def _train(c, rank, world_size):
     logger.info("tuning %d tensors (%d values) of the UNet on %s: %d steps, batch %d x %d micro-batches x %d "
                 "workers, seed %d", len(params), sum(p.size for p in params), c.train_data.video_path,
                 c.max_train_steps, c.train_batch_size, c.gradient_accumulation_steps, world_size, seed)
+    failed_validations = []
     bar = tqdm(total=c.max_train_steps, initial=step, desc="steps", disable=rank != 0)
     while step < c.max_train_steps:
         step += 1
@@ -364,14 +371,29 @@ def _train(c, rank, world_size):
             continue
         if step % c.checkpointing_steps == 0:
             save_checkpoint(c.output_dir, step, params, optimizer, scaler, seed)
+        if step == c.max_train_steps:
+            save_tuned(c, unet, seed)  # the finished work is on disk before the last validation
         if c.validation_data.prompts and (step % c.validation_steps == 0 or step == c.max_train_steps):
             start = time.time()
-            validate(pipe, mean * pipe.vae.config.scaling_factor, c.validation_data, c.output_dir, step, seed)
-            logger.info("validation at step %d took %.1f s", step, time.time() - start)
+            try:
+                validate(pipe, mean * pipe.vae.config.scaling_factor, c.validation_data, c.output_dir, step, seed)
+            except Exception:  # noqa: BLE001 - whatever breaks in sampling, the run and its weights go on
+                logger.exception("validation at step %d failed; training goes on", step)
+                failed_validations.append(step)
+            else:
+                logger.info("validation at step %d took %.1f s", step, time.time() - start)
     bar.close()
-    if rank == 0:
-        unet.save_pretrained(os.path.join(c.output_dir, "unet"))
-        with atomic_file(os.path.join(c.output_dir, "config.yaml")) as tmp:
-            OmegaConf.save(OmegaConf.merge(c, {"seed": seed}), tmp)
-        logger.info("tuned UNet written to %s", os.path.join(c.output_dir, "unet"))
+    if rank == 0 and not os.path.isdir(os.path.join(c.output_dir, "unet")):
+        save_tuned(c, unet, seed)  # a run resumed at its last step
+    if failed_validations:
+        logger.warning("validation failed at step %s (the tracebacks are in train.log); the tuned UNet is in %s",
+                       ", ".join(map(str, failed_validations)), os.path.join(c.output_dir, "unet"))
     return c.output_dir
+
+
+def save_tuned(c, unet, seed):
+    """The tuned UNet (a save_pretrained folder) and the run's config, seed included."""
+    unet.save_pretrained(os.path.join(c.output_dir, "unet"))
+    with atomic_file(os.path.join(c.output_dir, "config.yaml")) as tmp:
+        OmegaConf.save(OmegaConf.merge(c, {"seed": seed}), tmp)
+    logger.info("tuned UNet written to %s", os.path.join(c.output_dir, "unet"))

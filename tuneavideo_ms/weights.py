@@ -51,6 +51,28 @@ def _itemsize(dtype):
     return 2 if dtype == "BF16" else np.dtype(DTYPES[dtype]).itemsize
 
 
+def _numel(shape):
+    n = 1
+    for d in shape:  # Python ints: a crafted shape cannot overflow
+        n *= d
+    return n
+
+
+def _shape(value, path, what):
+    """A tensor shape from a file: a sequence of non-negative ints, or an error naming `what`."""
+    if not isinstance(value, (list, tuple)) or not all(type(d) is int and d >= 0 for d in value):
+        raise WeightsError(f"{path}: corrupt file: {what} has an invalid shape {value!r}")
+    return tuple(value)
+
+
+def _check_fits(path, name, numel, dtype):
+    """Refuses a tensor larger than its file before anything is allocated for it."""
+    nbytes = numel * _itemsize(dtype)
+    if nbytes > os.path.getsize(path):
+        raise WeightsError(f"{path}: corrupt file: tensor {name!r} claims {nbytes} bytes, more than the file holds")
+    return nbytes
+
+
 def _dtype_name(array):
     for name, dtype in DTYPES.items():
         if dtype is not None and array.dtype == dtype:
@@ -98,6 +120,9 @@ def _read_range(path, offset, count):
     return raw
 
 
+_MAX_HEADER = 100 * 2 ** 20  # the safetensors format's own limit
+
+
 def _index_safetensors(path):
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -105,11 +130,11 @@ def _index_safetensors(path):
         if len(head) < 8:
             raise WeightsError(f"{path}: truncated safetensors file ({size} bytes)")
         n = int.from_bytes(head, "little")
-        if n > size - 8:
+        if n > size - 8 or n > _MAX_HEADER:
             raise WeightsError(f"{path}: corrupt safetensors header (claims {n} bytes, file has {size})")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise WeightsError(f"{path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: corrupt safetensors header (not a JSON object)")
@@ -118,15 +143,19 @@ def _index_safetensors(path):
     refs = {}
     for name, info in header.items():
         try:
-            dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-            if dtype not in DTYPES:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if dtype not in DTYPES or type(begin) is not int or type(end) is not int:
                 raise ValueError(dtype)
         except (KeyError, TypeError, ValueError):
             raise WeightsError(f"{path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
-        if end > data_size or begin > end:
+        shape = _shape(shape, path, f"tensor {name!r}")
+        if end > data_size or not 0 <= begin <= end:
             raise WeightsError(f"{path}: truncated safetensors file: tensor {name!r} ends at byte {end}, "
                                f"data has {data_size}")
+        nbytes = _numel(shape) * _itemsize(dtype)
+        if end - begin != nbytes:
+            raise WeightsError(f"{path}: corrupt safetensors header: tensor {name!r} has {end - begin} bytes for "
+                               f"{dtype} of shape {shape} ({nbytes} needed)")
 
         def load(begin=begin, end=end, dtype=dtype, shape=shape):
             return _from_raw(_read_range(path, 8 + n + begin, end - begin), dtype, shape)
@@ -225,27 +254,42 @@ def write_mindspore_ckpt(path, refs, dtype=None, on_tensor=None):
 
 
 class _Reader:
-    """Protobuf wire format over a file: varints and (field, wire type) keys."""
+    """Protobuf wire format over a file: varints, (field, wire type) keys and
+    length-delimited fields, each checked against where its message ends."""
 
     def __init__(self, f, path):
         self.f, self.path = f, path
 
+    def corrupt(self, what):
+        return WeightsError(f"{self.path}: corrupt or truncated MindSpore checkpoint ({what})")
+
     def varint(self):
         shift = result = 0
-        while True:
+        for _ in range(10):  # a 64-bit varint has at most ten bytes
             byte = self.f.read(1)
             if not byte:
-                raise WeightsError(f"{self.path}: corrupt or truncated MindSpore checkpoint (ends inside a record)")
+                raise self.corrupt("ends inside a record")
             result |= (byte[0] & 0x7F) << shift
             shift += 7
             if not byte[0] & 0x80:
                 return result
+        raise self.corrupt("a number longer than 64 bits")
 
     def key(self):
         key = self.varint()
         if key & 7 not in (0, 2):
-            raise WeightsError(f"{self.path}: corrupt or truncated MindSpore checkpoint (wire type {key & 7})")
+            raise self.corrupt(f"wire type {key & 7}")
         return key >> 3, key & 7
+
+    def length(self, end):
+        """A length-delimited field's length, which must end by `end`."""
+        n = self.varint()
+        if self.f.tell() + n > end:
+            raise self.corrupt("a field runs past its record")
+        return n
+
+    def text(self, end):
+        return self.f.read(self.length(end)).decode(errors="replace")
 
 
 def _index_mindspore_ckpt(path):
@@ -254,40 +298,47 @@ def _index_mindspore_ckpt(path):
         r = _Reader(f, path)
         while f.tell() < size:
             if r.key() != (1, 2):
-                raise WeightsError(f"{path}: corrupt or truncated MindSpore checkpoint (not a Checkpoint message)")
-            value_end = r.varint() + f.tell()
+                raise r.corrupt("not a Checkpoint message")
+            value_end = r.length(size) + f.tell()
             name, dims, dtype, content = None, [], None, None
             while f.tell() < value_end:
                 field = r.key()
                 if field == (1, 2):
-                    name = f.read(r.varint()).decode(errors="replace")
+                    name = r.text(value_end)
                 elif field == (2, 2):
-                    tensor_end = r.varint() + f.tell()
+                    tensor_end = r.length(value_end) + f.tell()
                     while f.tell() < tensor_end:
                         number, wire = r.key()
                         if number == 1 and wire == 0:
                             dims.append(r.varint())
                         elif number == 1:  # packed dims
-                            end = r.varint() + f.tell()
+                            end = r.length(tensor_end) + f.tell()
                             while f.tell() < end:
                                 dims.append(r.varint())
                         elif number == 2:
-                            dtype = f.read(r.varint()).decode(errors="replace")
+                            dtype = r.text(tensor_end)
                         elif number == 3:
-                            length = r.varint()
+                            length = r.length(tensor_end)
                             content = (f.tell(), length)
                             f.seek(length, 1)
+                        elif wire == 2:
+                            f.seek(r.length(tensor_end), 1)
                         else:
-                            f.seek(r.varint(), 1)
+                            r.varint()
+                    if f.tell() != tensor_end:
+                        raise r.corrupt(f"tensor {name!r} overruns its record")
                 else:
                     raise WeightsError(f"{path}: {name!r} is not a dense tensor; not supported")
-            if f.tell() > size or name is None or content is None or dtype not in _MS_NAMES:
-                raise WeightsError(f"{path}: corrupt or truncated MindSpore checkpoint (at tensor {name!r})")
+            if f.tell() != value_end or name is None or content is None or dtype not in _MS_NAMES:
+                raise r.corrupt(f"at tensor {name!r}")
+            shape, dtype = tuple(dims), _MS_NAMES[dtype]
+            if content[1] != _numel(shape) * _itemsize(dtype):
+                raise r.corrupt(f"tensor {name!r} has {content[1]} bytes for {dtype} of shape {shape}")
 
-            def load(content=content, dtype=_MS_NAMES[dtype], shape=tuple(dims)):
+            def load(content=content, dtype=dtype, shape=shape):
                 return _from_raw(_read_range(path, *content), dtype, shape)
 
-            refs[name] = TensorRef(dims, _MS_NAMES[dtype], load, (path,) + content)
+            refs[name] = TensorRef(shape, dtype, load, (path,) + content)
     return refs
 
 
@@ -304,7 +355,8 @@ class _StorageType:
 
 
 class _LazyTensor:
-    """What the unpickler makes of a tensor: where its values are, not the values."""
+    """What the unpickler makes of a tensor: where its values are, not the values.
+    Its size, stride and offset were checked against its storage's length."""
 
     def __init__(self, read, dtype, offset, size, stride):
         self.read, self.dtype, self.offset, self.size, self.stride = read, dtype, offset, size, stride
@@ -318,8 +370,30 @@ class _LazyTensor:
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
-    read, dtype = storage
-    return _LazyTensor(read, dtype, storage_offset, tuple(size), tuple(stride))
+    if not isinstance(storage, _Storage):
+        raise WeightsError(f"corrupt PyTorch file: a tensor without storage ({type(storage).__name__})")
+    size = _shape(size, storage.path, "a tensor")
+    stride = _shape(stride, storage.path, "a tensor's stride")
+    if len(stride) != len(size) or type(storage_offset) is not int or storage_offset < 0:
+        raise WeightsError(f"{storage.path}: corrupt file: tensor of size {size} with stride {stride} and offset "
+                           f"{storage_offset!r}")
+    numel = _numel(size)
+    # the last element the view reads must lie inside the storage, and the copy inside the file's size
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else 0
+    if numel and last >= storage.numel:
+        raise WeightsError(f"{storage.path}: corrupt file: a tensor of size {size} (stride {stride}, offset "
+                           f"{storage_offset}) reads past its storage of {storage.numel} elements")
+    _check_fits(storage.path, f"of size {size}", numel, storage.dtype)
+    return _LazyTensor(storage.read, storage.dtype, storage_offset, size, stride)
+
+
+class _Storage:
+    """A storage record of the archive: its dtype, length, and how to read it."""
+
+    def __init__(self, path, dtype, nbytes, read):
+        if nbytes % _itemsize(dtype):
+            raise WeightsError(f"{path}: corrupt file: a {dtype} storage of {nbytes} bytes")
+        self.path, self.dtype, self.numel, self.read = path, dtype, nbytes // _itemsize(dtype), read
 
 
 class _OrderedDict(dict):
@@ -354,10 +428,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     _INERT = {("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
 
-    def __init__(self, file, path, read_record):
+    def __init__(self, file, path, read_record, record_size):
         super().__init__(file)
         self.path = path
-        self.read_record = read_record
+        self.read_record, self.record_size = read_record, record_size
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -370,41 +444,54 @@ class _RestrictedUnpickler(pickle.Unpickler):
                            "and only tensor data may be loaded")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
             raise WeightsError(f"{self.path}: unsupported persistent id {pid!r}")
         storage_type, key = pid[1], pid[2]
-        if not isinstance(storage_type, _StorageType):
-            raise WeightsError(f"{self.path}: unsupported storage type {storage_type!r}")
-        return (lambda: self.read_record(key)), storage_type.dtype
+        if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
+            raise WeightsError(f"{self.path}: unsupported storage {storage_type!r} {key!r}")
+        return _Storage(self.path, storage_type.dtype, self.record_size(key), lambda: self.read_record(key))
 
 
 def _index_torch_zip(path):
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a crafted archive directory raises many kinds; none is data
+        raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({type(e).__name__}: {e})") from None
     pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
     if not pkl:
         raise WeightsError(f"{path}: not a PyTorch checkpoint (no data.pkl in the archive)")
     prefix = pkl[0][:-len("data.pkl")]
 
+    def record(key):
+        try:
+            info = zf.getinfo(f"{prefix}data/{key}")
+        except KeyError:
+            raise WeightsError(f"{path}: corrupt or truncated PyTorch file (no record {key})") from None
+        # torch stores records uncompressed; a compressed one could claim any size
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > os.path.getsize(path):
+            raise WeightsError(f"{path}: corrupt PyTorch file (record {key} is compressed or larger than the file)")
+        return info
+
     def read_record(key):
         # the archive stays open while any of its refs may be loaded
+        info = record(key)
         try:
-            return zf.read(f"{prefix}data/{key}")
-        except (KeyError, zipfile.BadZipFile, OSError, EOFError) as e:
+            return zf.read(info)
+        except Exception as e:  # noqa: BLE001 - as above
             raise WeightsError(f"{path}: corrupt or truncated PyTorch file (record {key}: {e})") from None
 
     try:
         with zf.open(pkl[0]) as f:
-            obj = _RestrictedUnpickler(f, path, read_record).load()
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
-        raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({e})") from None
+            obj = _RestrictedUnpickler(f, path, read_record, lambda key: record(key).file_size).load()
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a crafted pickle can raise almost anything; none of it is data
+        raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return {name: TensorRef(value.size, value.dtype, value.materialize)
+    return {str(name): TensorRef(value.size, value.dtype, value.materialize)
             for name, value in obj.items() if isinstance(value, _LazyTensor)}
 
 

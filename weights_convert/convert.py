@@ -144,6 +144,19 @@ def _convert_ldm(src, tmp, writer_args, prediction_type, image_size, upcast_atte
     return writer
 
 
+def _check_destination(src, dst):
+    """Refuses a destination that is the source, lies inside it or holds it: replacing
+    it would destroy the source."""
+    src, dst = os.path.realpath(src), os.path.realpath(dst)
+    if os.path.isfile(dst):
+        raise FileExistsError(f"--dst {dst} is a file; it must be a folder (new, or replaced with --overwrite)")
+    inside = os.path.commonpath([src, dst])
+    if dst == src or inside == src or inside == dst:
+        relation = "is" if dst == src else "is inside" if inside == src else "contains"
+        raise ValueError(f"--dst {dst} {relation} the source {src}: converting would destroy the source; "
+                         "choose a destination outside it")
+
+
 def convert(src, dst, to="mindspore", dtype=None, overwrite=False, prediction_type="epsilon", image_size=None,
             upcast_attention=False, tokenizer=None, variant=None):
     """Converts `src` into the folder `dst` (written under a temporary name and
@@ -159,6 +172,7 @@ def convert(src, dst, to="mindspore", dtype=None, overwrite=False, prediction_ty
     if tokenizer is not None and not os.path.isfile(os.path.join(tokenizer, "vocab.json")):
         raise FileNotFoundError(f"--tokenizer {tokenizer}: no vocab.json there")
     kind = detect(src)
+    _check_destination(src, dst)
     if os.path.exists(dst) and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
     logger.info("found %s at %s", {"pipeline": "a diffusers pipeline", "model": "a model folder",
