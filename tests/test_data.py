@@ -63,6 +63,9 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image frames"):
         read_video(str(tmp_path / "empty"), 1, 64, 64)
+    (tmp_path / "empty" / "000.png").write_bytes(b"\x89PNG corrupt")
+    with pytest.raises(ValueError, match=r"000.png: cannot read this image, a frame of the clip \(corrupt"):
+        read_video(str(tmp_path / "empty"), 1, 64, 64)
 
 
 def test_dataset_item():

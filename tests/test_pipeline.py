@@ -2,6 +2,7 @@
 inference command on the tiny model."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -176,3 +177,18 @@ def test_prompts_get_distinct_safe_file_names():
     assert stems[3].startswith("a man is skiing-") and stems[4].startswith(stems[3] + "-")
     assert all(len(s.encode()) + len(".mp4") <= 255 and "/" not in s and not s.startswith(".") for s in stems)
     assert stems[0].startswith("a_b-") and stems[7] == "empty-prompt" and stems[8] == "_etc"
+
+
+def test_infer_refuses_bad_arguments_before_loading(tmp_path):
+    (tmp_path / "text.npy").write_text("not an array")
+    (tmp_path / "file").write_text("x")
+    for args, message in (
+            (["--inv_latents", str(tmp_path / "text.npy")], "--inv_latents .*text.npy: not an array saved by infer.py"
+                                                            " or training .*not a .npy file"),
+            (["--width", "100"], r"width 100 \(nearest that work: 96 or 104\)"),
+            (["--video_length", "0"], "argument --video_length: 0 is below 1"),
+            (["--output_dir", str(tmp_path / "file")], "--output_dir .* is a file"),
+            (["--unet", str(tmp_path / "none")], "--unet .*none: not a folder")):
+        result = _infer("--pretrained_model_path", str(tmp_path), "--prompts", "x", *args)
+        assert result.returncode != 0 and re.search(message, result.stderr), (args, result.stderr[-500:])
+        assert "Traceback" not in result.stderr

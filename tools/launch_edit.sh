@@ -13,14 +13,17 @@
 # status is non-zero if any clip failed.
 set -uo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+# usage: the comment block above; exit status 0 when asked for (--help), 2 after a mistake
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+# the value of an option, or a usage error when it is missing
+value() { [ -n "${2:-}" ] && [[ "$2" != --* ]] || { echo "$(basename "$0"): $1 needs a value" >&2; usage; }; }
 
 workers="" log_dir=""
 configs=() overrides=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --workers) workers="$2"; shift 2 ;;
-        --log-dir) log_dir="$2"; shift 2 ;;
+        --workers) value "$1" "${2:-}"; workers="$2"; shift 2 ;;
+        --log-dir) value "$1" "${2:-}"; log_dir="$2"; shift 2 ;;
         --config-list)
             [ -f "$2" ] || { echo "launch_edit.sh: config list not found: $2" >&2; exit 2; }
             while read -r line; do [ -n "$line" ] && [ "${line:0:1}" != "#" ] && configs+=("$line"); done < "$2"
@@ -28,7 +31,7 @@ while [ $# -gt 0 ]; do
         --configs)
             shift
             while [ $# -gt 0 ] && [[ "$1" != --* ]] && [[ "$1" != *=* ]]; do configs+=("$1"); shift; done ;;
-        -h|--help) usage ;;
+        -h|--help) usage 0 ;;
         --*) echo "launch_edit.sh: unknown option $1" >&2; usage ;;
         *) overrides+=("$1"); shift ;;
     esac
@@ -38,6 +41,22 @@ done
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$(command -v python3 || command -v python)}"
+# two clips in one output_dir would overwrite each other's checkpoints, samples and unet/
+"$python" - "$repo" "${#configs[@]}" "${configs[@]}" "${overrides[@]}" <<'PY' || exit 2
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from tuneavideo_ms.config import load_config
+count = int(sys.argv[2])
+configs, overrides, seen = sys.argv[3:3 + count], sys.argv[3 + count:], {}
+for path in configs:
+    try:
+        out = os.path.realpath(load_config(path, overrides).output_dir)
+    except (ValueError, OSError):
+        continue  # that clip's job fails with its config's own message
+    if out in seen:
+        sys.exit(f"launch_edit.sh: {seen[out]} and {path} both write to {out}; give each clip its own output_dir")
+    seen[out] = path
+PY
 log_dir="${log_dir:-msrun_log/edit-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$log_dir"
 names=() logs=()

@@ -13,20 +13,23 @@
 # fails, and the failing workers' log tails are printed.
 set -uo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+# usage: the comment block above; exit status 0 when asked for (--help), 2 after a mistake
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+# the value of an option, or a usage error when it is missing
+value() { [ -n "${2:-}" ] && [[ "$2" != --* ]] || { echo "$(basename "$0"): $1 needs a value" >&2; usage; }; }
 
 workers="" config="" port=8118 log_dir="" nodes=1 node_rank=0 master_addr=127.0.0.1
 overrides=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --workers) workers="$2"; shift 2 ;;
-        --config) config="$2"; shift 2 ;;
-        --master-port) port="$2"; shift 2 ;;
-        --log-dir) log_dir="$2"; shift 2 ;;
-        --nodes) nodes="$2"; shift 2 ;;
-        --node-rank) node_rank="$2"; shift 2 ;;
-        --master-addr) master_addr="$2"; shift 2 ;;
-        -h|--help) usage ;;
+        --workers) value "$1" "${2:-}"; workers="$2"; shift 2 ;;
+        --config) value "$1" "${2:-}"; config="$2"; shift 2 ;;
+        --master-port) value "$1" "${2:-}"; port="$2"; shift 2 ;;
+        --log-dir) value "$1" "${2:-}"; log_dir="$2"; shift 2 ;;
+        --nodes) value "$1" "${2:-}"; nodes="$2"; shift 2 ;;
+        --node-rank) value "$1" "${2:-}"; node_rank="$2"; shift 2 ;;
+        --master-addr) value "$1" "${2:-}"; master_addr="$2"; shift 2 ;;
+        -h|--help) usage 0 ;;
         --*) echo "launch_train.sh: unknown option $1" >&2; usage ;;
         *) overrides+=("$1"); shift ;;
     esac

@@ -20,10 +20,12 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="key=value settings over the config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_config(args.config, args.overrides)
-
-    from tuneavideo_ms import training
-    output_dir = training.main(config)
+    try:
+        config = load_config(args.config, args.overrides)
+        from tuneavideo_ms import training
+        output_dir = training.main(config)
+    except (ValueError, OSError) as e:  # bad input: a config key, a path, a clip, a weight file
+        sys.exit(f"train.py: {e}")
     print(f"tuned UNet: {os.path.join(output_dir, 'unet')}\nvalidation samples: {os.path.join(output_dir, 'samples')}")
 
 

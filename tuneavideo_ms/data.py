@@ -17,11 +17,19 @@ def _frame_files(folder):
     return [os.path.join(folder, f) for f in files]
 
 
+def _read_image(path):
+    try:
+        return imageio.imread(path)
+    except Exception as e:  # noqa: BLE001 - imageio names a missing plugin for any file it cannot decode
+        raise ValueError(f"{path}: cannot read this image, a frame of the clip (corrupt or not an image: "
+                         f"{type(e).__name__})") from None
+
+
 def _iter_frames(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"video not found: {path}")
     if os.path.isdir(path):
-        yield from (imageio.imread(f) for f in _frame_files(path))
+        yield from (_read_image(f) for f in _frame_files(path))
         return
     if not path.lower().endswith(VIDEO_EXTENSIONS):
         raise ValueError(f"{path}: unsupported video type (use {', '.join(VIDEO_EXTENSIONS)} or a folder of frames)")
