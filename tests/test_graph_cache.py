@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import mindspore as ms
 import numpy as np
@@ -155,3 +156,48 @@ def test_unet_step_with_shared_graphs_equals_one_without(tmp_path):
     # 32 and 64 channels: 4 and 3 resolutions
     assert "compiled in a child process" in log and "16 cells share 2 graphs" in log
     assert shared == separate and shared[0][0] != shared[0][2]  # the same kernels: equal bit for bit
+
+
+def test_an_incomplete_stored_graph_is_removed(tmp_path):
+    folder = tmp_path / "graph"
+    (folder / "rank_0").mkdir(parents=True)
+    (folder / "rank_0" / "graph.mindir").write_bytes(b"")  # a writer killed mid-write
+    assert not graph_cache._holds_graph(str(folder)) and not folder.exists()
+    (folder / "rank_0").mkdir(parents=True)
+    (folder / "rank_0" / "graph.mindir").write_bytes(b"graph")
+    assert graph_cache._holds_graph(str(folder))
+
+
+def test_a_compile_child_dies_with_its_parent(tmp_path):
+    """The parent is killed while its child compiles: the child must not run on as an orphan."""
+    script = tmp_path / "parent.py"
+    script.write_text(f"""
+import os, sys, time
+sys.path.insert(0, {REPO!r})
+from tuneavideo_ms import graph_cache
+def compile():
+    with open({str(tmp_path / 'child.pid')!r}, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+graph_cache.compile_in_child(compile)
+""")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    pid_file = tmp_path / "child.pid"
+    for _ in range(600):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split()[2] == "Z":  # exited, waiting to be reaped by init
+                return
+        time.sleep(0.05)
+    os.kill(child, 9)
+    raise AssertionError("the compile child outlived its parent")

@@ -34,6 +34,8 @@ import gc
 import hashlib
 import logging
 import os
+import shutil
+import signal
 import sys
 import time
 
@@ -184,7 +186,7 @@ class CachedCompile:
             return
         compile = functools.partial(super().compile, *args, **kwargs)
         with compile_cache(self, inputs) as folder:
-            if folder is not None and _forks_compiles() and not _holds_graph(folder):
+            if folder is not None and not _holds_graph(folder) and _forks_compiles():
                 compile_in_child(functools.partial(_compile_sharing_graphs, self, compile))
             compile()
         seen.add(signature)
@@ -223,7 +225,14 @@ def _forks_compiles():
 
 
 def _holds_graph(folder):
-    return any(name.endswith(".mindir") for _, _, names in os.walk(folder) for name in names)
+    """Whether `folder` holds a stored graph. One with an empty file (a writer killed mid-write, a full disk)
+    is removed, so the graph compiles again and replaces it."""
+    files = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    if any(os.path.getsize(path) == 0 for path in files):
+        logger.warning("compile cache: %s is incomplete (an empty file); compiling the graph again", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    return any(path.endswith(".mindir") for path in files)
 
 
 def compile_in_child(compile):
@@ -233,10 +242,12 @@ def compile_in_child(compile):
     start = time.perf_counter()
     _return_freed_memory()  # the parent's pages stay resident beside the child's compile (mid: 0.13 GiB less)
     gc.freeze()  # else the child's collections write to, and so copy, every page of the parent's objects
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            _die_with(parent)
             compile()
             code = 0
         finally:
@@ -249,6 +260,15 @@ def compile_in_child(compile):
     else:
         logger.warning("compiling in a child process failed (exit status %d); compiling here", code)
     return code == 0
+
+
+def _die_with(parent):
+    """Asks Linux to kill this (forked) process when its parent dies, so a compile never outlives the run
+    that wanted it (an interrupted or killed run)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _return_freed_memory():
