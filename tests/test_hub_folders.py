@@ -235,7 +235,8 @@ def test_train_and_infer_commands(tmp_path, folder, mode, size):
           f"train_data.height={height}", f"train_data.width={width}", "max_train_steps=2", f"mode={mode}",
           "checkpointing_steps=100", "validation_data.prompts=[a jeep car is moving on the snow]",
           "validation_data.video_length=2", f"validation_data.height={height}", f"validation_data.width={width}",
-          "validation_data.num_inference_steps=2", "validation_data.num_inv_steps=2", "gradient_checkpointing=False")
+          "validation_data.num_inference_steps=2", "validation_data.num_inv_steps=2", "gradient_checkpointing=False",
+          "validation_data.guidance_scale=1.0")  # inversion and sampling then share one compiled graph
     assert np.load(out / "inv_latents" / "ddim_latent-2.npy").shape == (1, 4, 2, height // 8, width // 8)
     frames = imageio.mimread(out / "samples" / "sample-2" / "a jeep car is moving on the snow.gif")
     assert len(frames) == 2 and frames[0].shape[:2] == (height, width)

@@ -29,6 +29,6 @@ def test_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "demo done" in demo.stdout
     samples = elsewhere / "outputs" / "demo" / "samples" / "sample-2"
-    assert sorted(os.listdir(samples)) == sorted(f"{p}.{ext}" for p in (
+    assert sorted(os.listdir(samples)) == sorted(["prompts.json"] + [f"{p}.{ext}" for p in (
         "a man, wearing pink clothes, is skiing at sunset", "spider man is skiing on the beach, cartoon style")
-        for ext in ("gif", "mp4"))
+        for ext in ("gif", "mp4")])

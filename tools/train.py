@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tuneavideo_ms.config import load_config  # noqa: E402
+from tuneavideo_ms.config import check_paths, load_config  # noqa: E402
 
 
 def main(argv=None):
@@ -22,6 +22,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.overrides)
+        check_paths(config)  # before MindSpore's import, so a wrong path costs no time
         from tuneavideo_ms import training
         output_dir = training.main(config)
     except (ValueError, OSError) as e:  # bad input: a config key, a path, a clip, a weight file
