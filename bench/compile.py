@@ -93,7 +93,7 @@ def main():
     for name, recompute, r, cached in rows:
         checkpointing = "yes" if recompute else "no"
         if r is None:
-            print(f"| {name} | - | {checkpointing} | killed: out of memory | - | - | above this machine's |")
+            print(f"| {name} | - | {checkpointing} | killed: out of memory | - | - | above the host's memory |")
             continue
         print(f"| {name} | {r['params_m']:.0f} M | {checkpointing} | {r['compile_s']:.1f} | "
               f"{cached['compile_s']:.1f} | {r['second_s']:.2f} | "

@@ -1,4 +1,4 @@
-"""Timings of the tiny model on this machine, each in a fresh process, as a
+"""Timings of the tiny model on the host, each in a fresh process, as a
 markdown table: UNet forward, a 4-frame 64x64 edit (inversion + sampling) and
 a training step, in PyNative and graph mode; compile times and peak RSS.
 

@@ -228,7 +228,7 @@ def main():
         peaks["mindspore-loaded"] = max(r[1] if r else float("inf") for r in loaded)
         for key, row in (("mindspore", "peak memory (GiB)"), ("mindspore-loaded", "peak memory, graphs loaded (GiB)")):
             if peaks[key] == float("inf"):
-                print(f"| {name} | {row} | {peaks['torch']:.2f} | above this machine's memory | - |")
+                print(f"| {name} | {row} | {peaks['torch']:.2f} | above the host's memory | - |")
             else:
                 ratio = peaks[key] / peaks["torch"]
                 print(f"| {name} | {row} | {peaks['torch']:.2f} | {peaks[key]:.2f} | {ratio:.2f}x |")

@@ -89,7 +89,7 @@ def _diffusers_state(pipe):
             for part in ("unet", "vae", "text_encoder")}
 
 
-def test_converts_to_mindspore_and_back_to_todays_names(folder, reference, tmp_path):
+def test_converts_to_mindspore_and_back_to_current_names(folder, reference, tmp_path):
     convert(folder, str(tmp_path / "ms"))
     convert(str(tmp_path / "ms"), str(tmp_path / "back"), to="diffusers")
     names = sorted(os.listdir(tmp_path / "back"))
@@ -99,7 +99,7 @@ def test_converts_to_mindspore_and_back_to_todays_names(folder, reference, tmp_p
     assert "encoder.mid_block.attentions.0.to_q.weight" in vae and not any(".query." in k for k in vae)
     back = StableDiffusionPipeline.from_pretrained(str(tmp_path / "back"))
     expected, got = _diffusers_state(reference), _diffusers_state(back)
-    # the files hold exactly today's tensors (no position_ids buffer)
+    # the files hold exactly current tensors (no position_ids buffer)
     assert set(read_state_dict(tmp_path / "back" / "text_encoder" / "model.safetensors")) == set(
         expected["text_encoder"])
     for part in expected:

@@ -153,6 +153,8 @@ def test_bad_paths_fail_before_anything_is_written(sd, tmp_path):
         training.main(_config(sd, str(out), "resume_from_checkpoint=checkpoint-7"))
     with pytest.raises(ValueError, match="has 16 frames"):  # the clip is read before anything is written
         training.main(_config(sd, str(out), f"train_data.video_path={BUNDLED_CLIP}", "train_data.sample_start_idx=15"))
+    with pytest.raises(ValueError, match=r"bf16 needs an Ascend device.*\(mixed_precision: fp16 or no\)"):
+        training.main(_config(sd, str(out), "mixed_precision=bf16"))
     assert not out.exists()
     out.write_text("a file")
     with pytest.raises(NotADirectoryError, match="output_dir: .* is a file"):

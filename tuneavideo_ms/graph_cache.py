@@ -201,7 +201,7 @@ def share_graphs(cell):
     step: compiler peak 1.82 -> 1.53 GiB, compile 41 -> 23 s). For a process
     that compiles once: on a second compile of a shared graph at new shapes,
     MindSpore 2.10 has reshaped one call site's tensors to another's shape
-    (bench/README, session 10)."""
+    (measured with MindSpore 2.10)."""
     keys = []
     for _, sub in cell.cells_and_names():
         if getattr(sub, "shares_graph", False):

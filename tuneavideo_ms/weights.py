@@ -596,7 +596,7 @@ def find_weights(folder, names, variant=None):
     raise WeightsError(f"no weight file in {folder} (looked for {wanted}{', '.join(names)}, also sharded){hint}")
 
 
-# diffusers before 0.15 named the VAE's attention query/key/value/proj_attn; today's diffusers renames them
+# diffusers before 0.15 named the VAE's attention query/key/value/proj_attn; current diffusers renames them
 # while loading, and so does this reader
 _LEGACY_ATTENTION = re.compile(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$")
 _LEGACY_RENAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -605,13 +605,13 @@ _LEGACY_BUFFERS = ("text_model.embeddings.position_ids",)
 
 
 def modern_name(name):
-    """Today's diffusers name of a tensor (legacy VAE attention names renamed)."""
+    """Current diffusers name of a tensor (legacy VAE attention names renamed)."""
     m = _LEGACY_ATTENTION.match(name)
     return f"{m.group(1)}{_LEGACY_RENAMES[m.group(2)]}.{m.group(3)}" if m else name
 
 
 def open_weights(paths):
-    """{today's name: TensorRef} over one model's weight files (one file or its
+    """{current name: TensorRef} over one model's weight files (one file or its
     shards): legacy names renamed, legacy buffers left out; a name found twice
     is an error."""
     refs, origin = {}, {}

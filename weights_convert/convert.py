@@ -1,5 +1,5 @@
 """Converting Stable Diffusion and Tune-A-Video checkpoints to MindSpore
-checkpoints and back. The cells here use today's diffusers parameter names, so
+checkpoints and back. The cells here use current diffusers parameter names, so
 a diffusers folder converts by changing the container (and the dtype, when
 asked), never a value: names change only where old diffusers wrote legacy ones
 (weights.open_weights); a single-file LDM checkpoint is renamed to the

@@ -41,7 +41,7 @@ def read_config(folder, filename="config.json"):
 
 
 def load_weights(model, folder, weight_names=DIFFUSERS_WEIGHTS, variant=None, may_be_missing=lambda name: False):
-    """Loads `folder`'s weights (the `variant`'s when given) into `model`, under today's diffusers names."""
+    """Loads `folder`'s weights (the `variant`'s when given) into `model`, under current diffusers names."""
     paths = find_weights(folder, weight_names, variant)
     source = paths[0] if len(paths) == 1 else f"{folder} ({len(paths)} shards)"
     load_into(model, open_weights(paths), source=source, may_be_missing=may_be_missing)
