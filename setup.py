@@ -13,11 +13,16 @@ setup(
         "omegaconf>=2.3",
         "imageio>=2.31",
         "imageio-ffmpeg>=0.4.9",
-        "opencv-python-headless>=4.8",
+        "opencv-python-headless>=4.8,<5",
         "tqdm>=4.60",
         "transformers==4.57.1",  # CLIPTokenizer; mindone 0.5.0 pins this version too
         "huggingface_hub>=0.34,<1.0",  # 1.x breaks transformers 4.57.1
     ],
+    entry_points={"console_scripts": [
+        "tuneavideo-train=tuneavideo_ms.commands.train:main",
+        "tuneavideo-edit=tuneavideo_ms.commands.edit:main",
+        "tuneavideo-convert=weights_convert.__main__:main",
+    ]},
     extras_require={
         # PyTorch and diffusers only build fixtures and references in the tests
         "test": ["pytest>=7", "torch==2.13.0", "diffusers==0.35.2"],

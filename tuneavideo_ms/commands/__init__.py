@@ -1,0 +1,1 @@
+"""The command lines: tuneavideo-train, tuneavideo-edit (tools/train.py and tools/infer.py run the same)."""

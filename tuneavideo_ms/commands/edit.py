@@ -1,0 +1,128 @@
+"""Edit a clip with text: DDIM-invert it with a (tuned) video UNet, then sample
+each prompt from the inverted noise. Writes <prompt>.gif/.mp4, grid.gif,
+prompts.json (file name -> prompt) and inv_latents.npy.
+
+    tuneavideo-edit --pretrained_model_path SD_DIR_OR_HUB_ID [--unet OUTPUT_DIR/unet] \\
+        --video clip.mp4 --prompts "a man is surfing" "spider man is skiing" --output_dir outputs/edit
+
+(or python tools/infer.py with the same options)
+"""
+import argparse
+import logging
+import os
+import sys
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The defaults shown, the description's layout kept."""
+
+
+def _number(kind, minimum):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    return parse
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--pretrained_model_path", required=True, help="Stable Diffusion folder or Hub id")
+    p.add_argument("--unet", default=None, help="a tuned video UNet folder (default: inflate the folder's UNet)")
+    p.add_argument("--video", default=None, help="the clip to edit; without it, sample from random noise")
+    p.add_argument("--inv_latents", default=None, help="a saved inverted noise (.npy) to reuse instead of --video")
+    p.add_argument("--prompts", nargs="+", required=True)
+    p.add_argument("--negative_prompt", default=None)
+    p.add_argument("--output_dir", default="outputs/edit")
+    p.add_argument("--video_length", type=_number(int, 1), default=8)
+    p.add_argument("--width", type=_number(int, 8), default=512)
+    p.add_argument("--height", type=_number(int, 8), default=512)
+    p.add_argument("--sample_start_idx", type=_number(int, 0), default=0)
+    p.add_argument("--sample_frame_rate", type=_number(int, 1), default=1)
+    p.add_argument("--num_inv_steps", type=_number(int, 1), default=50)
+    p.add_argument("--num_inference_steps", type=_number(int, 1), default=50)
+    p.add_argument("--guidance_scale", type=_number(float, 0), default=12.5)
+    p.add_argument("--seed", type=_number(int, 0), default=33)
+    p.add_argument("--fps", type=_number(int, 1), default=8)
+    p.add_argument("--device", default=None, choices=["Ascend", "GPU", "CPU"],
+                   help="default: the first available")
+    p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    """The paths and sizes, before anything loads: a mistake costs no model load or compile."""
+    import numpy as np
+    from ..data import check_frame_size
+    from ..hub import is_hub_id
+
+    check_frame_size(args.height, args.width)
+    if not os.path.isdir(args.pretrained_model_path) and not is_hub_id(args.pretrained_model_path):
+        raise FileNotFoundError(f"--pretrained_model_path {args.pretrained_model_path}: not a folder (nor a Hub id "
+                                "such as CompVis/stable-diffusion-v1-4)")
+    if args.unet and not os.path.isdir(args.unet):
+        raise FileNotFoundError(f"--unet {args.unet}: not a folder (a tuned UNet is output_dir/unet of a run)")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise NotADirectoryError(f"--output_dir {args.output_dir} is a file; it must be a folder")
+    if args.inv_latents:
+        if not os.path.isfile(args.inv_latents):
+            raise FileNotFoundError(f"--inv_latents {args.inv_latents}: file not found")
+        with open(args.inv_latents, "rb") as f:
+            numpy_file = f.read(6) == b"\x93NUMPY"
+        try:
+            if not numpy_file:
+                raise ValueError("not a .npy file")
+            latents = np.load(args.inv_latents, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--inv_latents {args.inv_latents}: not an array saved by infer.py or training "
+                             f"(inv_latents.npy, inv_latents/ddim_latent-<step>.npy): {e}") from None
+        expected = (4, args.video_length, args.height // 8, args.width // 8)
+        if latents.ndim != 5 or latents.shape[1:] != expected:
+            raise ValueError(f"--inv_latents {args.inv_latents} has shape {latents.shape}; --video_length, --height "
+                             f"and --width ask for (1,) + {expected}")
+        return latents
+    return None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ValueError, OSError) as e:  # bad input: a path, a size, a weight file; the message says which
+        sys.exit(f"{os.path.basename(sys.argv[0])}: {e}")
+
+
+def run(args):
+    from ..data import read_video
+    latents = check_args(args)
+    pixels = None
+    if args.video and latents is None:  # read the clip first: a bad clip should fail before any model loads
+        pixels = read_video(args.video, args.video_length, args.width, args.height, args.sample_start_idx,
+                            args.sample_frame_rate)
+
+    from .. import backend
+    from ..editing import invert_clip, sample_edits
+    from ..models import UNet3DConditionModel
+    from ..pipelines import TuneAVideoPipeline
+
+    backend.setup(args.device, args.mode)
+    unet = UNet3DConditionModel.from_pretrained(args.unet) if args.unet else None
+    pipe = TuneAVideoPipeline.from_pretrained(args.pretrained_model_path, unet=unet)
+    if pixels is not None:
+        clip_latents = pipe.encode_video(pixels.transpose(1, 0, 2, 3)[None], deterministic=True)
+        latents = invert_clip(pipe, clip_latents, args.num_inv_steps,
+                              save_path=os.path.join(args.output_dir, "inv_latents.npy"))
+    paths = sample_edits(pipe, args.prompts, args.output_dir, latents=latents, fps=args.fps,
+                         video_length=args.video_length, height=args.height, width=args.width,
+                         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                         negative_prompt=args.negative_prompt, seed=args.seed)
+    print("\n".join(["edited videos:"] + paths))
+
+
+if __name__ == "__main__":
+    main()
