@@ -23,6 +23,10 @@ def test_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import tuneavideo_ms; print(tuneavideo_ms.__file__)"],
                            capture_output=True, text=True, cwd=elsewhere, env=env, timeout=60)
     assert where.stdout.startswith(str(site)), where.stdout + where.stderr
+    for command in ("tuneavideo-train", "tuneavideo-edit", "tuneavideo-convert"):
+        helped = subprocess.run([str(site / "bin" / command), "--help"], capture_output=True, text=True, cwd=elsewhere,
+                                env=env, timeout=120)
+        assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {command}"), helped.stdout + helped.stderr
     demo = subprocess.run([sys.executable, "-m", "tuneavideo_ms", "max_train_steps=2", "checkpointing_steps=100",
                            "validation_data.num_inference_steps=2", "validation_data.num_inv_steps=2",
                            "mode=pynative"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=900)

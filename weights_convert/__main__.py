@@ -5,13 +5,16 @@ tuned Tune-A-Video UNet), a single-file Stable Diffusion checkpoint (LDM
 layout, .ckpt or .safetensors), or a folder this tool wrote."""
 import argparse
 import logging
+import os
 import sys
 
 from .convert import DTYPES, convert
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m weights_convert", description=__doc__,
+    # run as `python -m weights_convert`, argparse would call itself __main__.py
+    prog = "python -m weights_convert" if os.path.basename(sys.argv[0]) == "__main__.py" else None
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True)
     parser.add_argument("--dst", required=True)
