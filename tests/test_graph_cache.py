@@ -77,7 +77,8 @@ print("RESULT", json.dumps([losses, toy.weight.asnumpy().ravel().tolist()]))
 def _train(folder, seed, cache):
     script = folder / "train_step.py"  # a file: MindSpore's cache hashes the entry script
     script.write_text(STEP.format(tests=os.path.join(REPO, "tests")))
-    env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=str(cache))
+    # GLOG_v=2: MindSpore's warnings, which this package hides by default, count the compiles
+    env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=str(cache), GLOG_v="2")
     out = subprocess.run([sys.executable, str(script), str(seed)], env=env, capture_output=True, text=True,
                          check=True)
     # MindSpore's warning when a cached compile finds no graph and compiles (2.10's words)
