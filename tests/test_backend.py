@@ -295,3 +295,19 @@ def test_flash_attention_layout_equals_portable(rng, heads, dim, lk):
         q, k, v, n, scalar_value, True)
     jitted = ms.jit(backend.flash_attention(portable, half=None))(q, k, v, heads, dim ** -0.5, True).asnumpy()
     assert rel_err(jitted, expected) < 1e-5
+
+
+def test_each_job_runs_on_the_card_its_launcher_gives(monkeypatch):
+    """launch_edit.sh runs one job per card with DEVICE_ID; msrun sets its workers' cards itself."""
+    monkeypatch.delenv("MS_ROLE", raising=False)
+    monkeypatch.setenv("DEVICE_ID", "3")
+    assert backend.device_id("Ascend") == 3 and backend.device_id("GPU") == 3
+    assert backend.device_id("CPU") is None
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")
+    assert backend.device_id("Ascend") is None
+    monkeypatch.delenv("MS_ROLE")
+    monkeypatch.delenv("DEVICE_ID")
+    assert backend.device_id("Ascend") is None
+    monkeypatch.setenv("DEVICE_ID", "card1")
+    with pytest.raises(ValueError, match="DEVICE_ID must be a card number"):
+        backend.device_id("Ascend")

@@ -40,7 +40,7 @@ def setup(device=None, mode="graph", kernels=None):
         # yields, a core lost for the whole run when the host is the device
         # (mid training step on 2 cores: 6.6-7.2 s -> 4.3-4.5 s)
         os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-    ms.set_device(device)
+    ms.set_device(device, device_id(device))
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     global _swap_axes
     library = cpu_kernels.build_library() if device == "CPU" and kernels == "auto" else None
@@ -48,6 +48,17 @@ def setup(device=None, mode="graph", kernels=None):
     _swap_axes = cpu_kernel(cpu_kernels.swap_axes_op)
     logger.info("backend: device=%s mode=%s kernels=%s", device, mode, kernels)
     return device
+
+
+def device_id(device):
+    """The card this process runs on: msrun sets its own workers' cards; a launcher running one job per
+    card says which in DEVICE_ID (tools/launch_edit.sh does); else None, MindSpore's default (card 0)."""
+    value = os.environ.get("DEVICE_ID")
+    if device == "CPU" or "MS_ROLE" in os.environ or value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"DEVICE_ID must be a card number such as 0, not {value!r}")
+    return int(value)
 
 
 def _detect_device():
