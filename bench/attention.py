@@ -28,8 +28,8 @@ KERNELS = ("torch", "portable", "blockwise", "fused")
 def _inputs():
     import numpy as np
     rng = np.random.default_rng(0)
-    shapes = [(FRAMES, TOKENS, HEADS * DIM), (FRAMES, 2 * TOKENS, HEADS * DIM), (FRAMES, 2 * TOKENS, HEADS * DIM),
-              (FRAMES, TOKENS, HEADS * DIM)]
+    shapes = [(FRAMES, TOKENS, HEADS * DIM), (FRAMES, 2 * TOKENS, HEADS * DIM),
+              (FRAMES, 2 * TOKENS, HEADS * DIM), (FRAMES, TOKENS, HEADS * DIM)]
     return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
 
 
@@ -37,7 +37,9 @@ def run_torch(job, threads, repeat):
     import torch
     torch.set_num_threads(threads)
     q, k, v, w = (torch.from_numpy(a) for a in _inputs())
-    heads = [x.reshape(FRAMES, -1, HEADS, DIM).transpose(1, 2).requires_grad_(job != "forward") for x in (q, k, v)]
+    heads = [x.reshape(FRAMES, -1, HEADS, DIM).transpose(1, 2).requires_grad_(job != "forward") for x in (q,
+                                                                                                          k,
+                                                                                                          v)]
 
     def call():
         with torch.set_grad_enabled(job != "forward"):
@@ -49,14 +51,15 @@ def run_torch(job, threads, repeat):
 
 def run_mindspore(kernel, job, threads, repeat):
     import mindspore as ms
-    from tuneavideo_ms import backend, cpu_kernels
-    backend.setup("CPU", "graph")
+    from tuneavideo_ms import runtime
+    from tuneavideo_ms.runtime import attention as kernels, cpu_kernels
+    runtime.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
     cpu_kernels.set_threads(threads)
     q, k, v, w = (ms.Tensor(a) for a in _inputs())
-    attention = {"portable": backend.attention_portable,
-                 "blockwise": backend.MemoryEfficientAttention(),
-                 "fused": backend.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())}[kernel]
+    attention = {"portable": kernels.attention_portable,
+                 "blockwise": kernels.MemoryEfficientAttention(),
+                 "fused": kernels.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())}[kernel]
 
     def loss(q, k, v):
         return (attention(q, k, v, HEADS, DIM ** -0.5, False) * w).sum()
@@ -88,8 +91,10 @@ def main():
             print(f"{job} {kernel} ...", file=sys.stderr, flush=True)
             results[f"{job}/{kernel}"] = _child(kernel, job, args.threads, args.repeat)
     print(f"CPU, {args.threads} threads, fp32, q [{FRAMES}, {TOKENS}, {HEADS * DIM}], k/v "
-          f"[{FRAMES}, {2 * TOKENS}, {HEADS * DIM}], {HEADS} heads; best of {args.repeat} after a warm-up call\n")
-    print("| job | PyTorch SDPA | portable | blockwise | fused (this project's CPU kernel) | fused / PyTorch |")
+          f"[{FRAMES}, {2 * TOKENS}, {HEADS * DIM}], {HEADS} heads; "
+          f"best of {args.repeat} after a warm-up call\n")
+    print("| job | PyTorch SDPA | portable | blockwise | fused (this project's CPU kernel) "
+          "| fused / PyTorch |")
     print("|---|---|---|---|---|---|")
     for job in JOBS:
         cells = [results[f"{job}/{k}"] for k in KERNELS]

@@ -7,7 +7,7 @@ download) and the `mid` config of bench/unet.py, each in its own process.
 The graph's size is the topology's, not the input's, so a small input (2
 frames of 8x8 latents by default) keeps the run short; compile time is the
 first call minus a second, already compiled, call. Each job runs twice, in fresh
-processes sharing an empty compile cache (tuneavideo_ms.graph_cache): the first
+processes sharing an empty compile cache (tuneavideo_ms.runtime.compile_cache): the first
 compiles the graph (on CPU in a forked child, which exits; the job then loads
 it), the second loads it. Peak memory: bench/unet.py's run_python.
 """
@@ -34,10 +34,10 @@ def _configs():
 def measure(name, recompute, frames, size):
     import mindspore as ms
     import numpy as np
-    from tuneavideo_ms import backend, training
+    from tuneavideo_ms import runtime, training
     from tuneavideo_ms.models import UNet3DConditionModel
     from tuneavideo_ms.optim import AdamW
-    backend.setup("CPU", "graph")
+    runtime.setup("CPU", "graph")
     config = _configs()[name]
     unet = UNet3DConditionModel(**config)
     params = training.trainable_parameters(unet, ("attn1.to_q", "attn2.to_q", "attn_temp"))
@@ -48,8 +48,8 @@ def measure(name, recompute, frames, size):
     shape = (1, config.get("in_channels", 4), frames, size, size)
     tensor = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))  # noqa: E731
     args = (tensor(*shape), ms.Tensor(np.zeros(shape, np.float32)), tensor(1, *shape), tensor(1, *shape),
-            ms.Tensor(np.full((1, 1, 1, 1, 1, 1), 0.7, np.float32)), ms.Tensor(np.full((1, 1, 1, 1, 1, 1), 0.7,
-                                                                                       np.float32)),
+            ms.Tensor(np.full((1, 1, 1, 1, 1, 1), 0.7, np.float32)),
+            ms.Tensor(np.full((1, 1, 1, 1, 1, 1), 0.7, np.float32)),
             ms.Tensor(np.array([[500.0]], np.float32)), tensor(1, 77, config["cross_attention_dim"]),
             ms.Tensor(1.0), ms.Tensor(1e-5))
     times = []
@@ -78,7 +78,8 @@ def main():
         for name in args.configs:
             for recompute in (False, True):
                 print(f"{name} recompute={recompute} ...", file=sys.stderr, flush=True)
-                code = (f"import sys, json; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); import compile; "
+                code = (f"import sys, json; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); "
+                        "import compile; "
                         f"print('RESULT', json.dumps(compile.measure({name!r}, {recompute}, {args.frames}, "
                         f"{args.size})))")
                 # a fresh cache: the first run compiles and stores the graph, the second loads it
@@ -93,7 +94,8 @@ def main():
     for name, recompute, r, cached in rows:
         checkpointing = "yes" if recompute else "no"
         if r is None:
-            print(f"| {name} | - | {checkpointing} | killed: out of memory | - | - | above the host's memory |")
+            print(f"| {name} | - | {checkpointing} | killed: out of memory | - | - "
+                  "| above the host's memory |")
             continue
         print(f"| {name} | {r['params_m']:.0f} M | {checkpointing} | {r['compile_s']:.1f} | "
               f"{cached['compile_s']:.1f} | {r['second_s']:.2f} | "

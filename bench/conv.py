@@ -1,5 +1,5 @@
 """CPU convolution of every frame of a clip: MindSpore's nn.Conv2d against
-backend.py's kernels (Im2Col + MatMul per frame, PyNative and graph mode; the
+the runtime's convolution kernels (Im2Col + MatMul per frame, PyNative and graph mode; the
 clip's C++ im2col + one MatMul, graph mode), side by side with PyTorch when
 installed.
 
@@ -11,7 +11,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from tuneavideo_ms import backend
+from tuneavideo_ms import runtime
+from tuneavideo_ms.runtime import conv as conv_kernels
 from unet import best_of
 
 
@@ -22,7 +23,7 @@ def main():
     args = parser.parse_args()
     b, c, f, h, w = (int(v) for v in args.shape.split(","))
     n = b * f
-    backend.setup("CPU", "pynative")
+    runtime.setup("CPU", "pynative")
     rng = np.random.default_rng(0)
     clip_np = rng.standard_normal((b, c, f, h, w), dtype=np.float32)
     x_np = clip_np.transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)  # the frames in the batch
@@ -36,10 +37,10 @@ def main():
     reference = conv(x).asnumpy()
 
     def matmul_conv(x, weight, bias):
-        return backend.conv2d_matmul(x, weight, bias, 3, 1, 1)
+        return conv_kernels.conv2d_matmul(x, weight, bias, 3, 1, 1)
 
     jitted = ms.jit(matmul_conv)
-    clip, clip_cell = ms.Tensor(clip_np), backend.conv_kernel(3, 1, 1)
+    clip, clip_cell = ms.Tensor(clip_np), runtime.kernels().conv(3, 1, 1)
 
     @ms.jit
     def clip_conv(x, weight, bias):
@@ -73,7 +74,8 @@ def main():
         base = base or seconds
         out = np.asarray(fn())
         diff = np.abs(out - reference).max() / np.abs(reference).max()
-        print(f"| {name} | {seconds:.4f} | {flops / seconds / 1e9:.1f} | {base / seconds:.1f}x | {diff:.1e} |")
+        gflops = flops / seconds / 1e9
+        print(f"| {name} | {seconds:.4f} | {gflops:.1f} | {base / seconds:.1f}x | {diff:.1e} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ run: wall time and peak RSS of each, in its own process.
 
     python bench/convert.py [--workdir /tmp/bench-convert] [--keep]
 
-Times include syncing the output to disk. Targets (issue 5): convert within 1.5x the copy time; peak RSS under the
+Times include syncing the output to disk. Targets (issue 5): convert within 1.5x the copy time; peak RSS under
+the
 largest tensor plus 1 GB.
 """
 import argparse
@@ -68,11 +69,13 @@ def main():
     rows = []
     for label, args_ in (("copy the safetensors file", ("copy", weights, os.path.join(args.workdir, "copy"))),
                          ("convert to MindSpore fp32", ("convert", src, os.path.join(args.workdir, "ms"))),
-                         ("convert to MindSpore fp16", ("convert", src, os.path.join(args.workdir, "ms16"), "fp16"))):
+                         ("convert to MindSpore fp16",
+                          ("convert", src, os.path.join(args.workdir, "ms16"), "fp16"))):
         runs = []
         for _ in range(args.repeat):
             os.sync()
-            subprocess.run(["cat", weights], stdout=subprocess.DEVNULL, check=True)  # the same warm page cache
+            # the same warm page cache for every job
+            subprocess.run(["cat", weights], stdout=subprocess.DEVNULL, check=True)
             runs.append(_child(*args_))
             (shutil.rmtree if os.path.isdir(args_[2]) else os.remove)(args_[2])
         rows.append((label, min(runs, key=lambda r: r["seconds"])))

@@ -21,9 +21,9 @@ def _measure(job, mode, steps, model_dir, extra):
     sys.path.insert(0, REPO)
     import numpy as np
     import mindspore as ms
-    from tuneavideo_ms import backend
+    from tuneavideo_ms import runtime
 
-    backend.setup("CPU", mode)
+    runtime.setup("CPU", mode)
     result = {}
     if job == "forward":
         from tuneavideo_ms.models import UNet3DConditionModel
@@ -45,10 +45,11 @@ def _measure(job, mode, steps, model_dir, extra):
         pixels = read_video(os.path.join(REPO, "tuneavideo_ms", "assets", "man-skiing.mp4"), 4, 64, 64)
         for run in ("first", "second"):
             start = time.perf_counter()
-            latents = pipe.encode_video(pixels.transpose(1, 0, 2, 3)[None])
+            latents = pipe.encode_video(pixels[None])
             noise = ddim_inversion(pipe, pipe.scheduler, latents, steps)[-1]
             mid = time.perf_counter()
-            pipe("a man is surfing", video_length=4, height=64, width=64, num_inference_steps=steps, latents=noise)
+            pipe("a man is surfing", video_length=4, height=64, width=64, num_inference_steps=steps,
+                 latents=noise)
             end = time.perf_counter()
             result[f"{run}: inversion (s)"] = mid - start
             result[f"{run}: sampling (s)"] = end - mid

@@ -7,7 +7,7 @@ weights from the file the oracle writes in the PyTorch Tune-A-Video format.
 Same inputs, fp32, both pinned to the same thread count, each job in its own
 process. Peak memory is the peak of the summed PSS (proportional set size) of
 the job's process and its children, sampled every 50 ms: a graph compiled in a
-forked child (tuneavideo_ms/graph_cache.py) counts, pages they share once.
+forked child (tuneavideo_ms/runtime/compile_child.py) counts, pages they share once.
 
     python bench/unet.py [--configs tiny mid] [--threads 2] [--repeat 3] [--json out.json]
 
@@ -32,7 +32,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = ("attn1.to_q", "attn2.to_q", "attn_temp")
 # SD 1.5's topology (diffusers' UNet2DConditionModel defaults) at smaller widths
-MID = dict(sample_size=32, block_out_channels=[64, 128, 256, 256], attention_head_dim=8, cross_attention_dim=768)
+MID = dict(sample_size=32, block_out_channels=[64, 128, 256, 256], attention_head_dim=8,
+           cross_attention_dim=768)
 CONFIGS = {"tiny": dict(frames=4, size=8, tokens=77), "mid": dict(unet=MID, frames=8, size=32, tokens=77)}
 JOBS = ("forward", "train", "train+checkpointing")
 
@@ -101,10 +102,11 @@ def run_torch(name, job, folder, threads, repeat):
 def run_mindspore(name, job, folder, threads, repeat):
     import mindspore as ms
     import numpy as np
-    from tuneavideo_ms import backend, cpu_kernels, training
+    from tuneavideo_ms import runtime, training
+    from tuneavideo_ms.runtime import cpu_kernels
     from tuneavideo_ms.models import UNet3DConditionModel
     from tuneavideo_ms.optim import AdamW
-    backend.setup("CPU", "graph")
+    runtime.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
     cpu_kernels.set_threads(threads)
     unet = UNet3DConditionModel.from_pretrained(folder)
@@ -119,9 +121,9 @@ def run_mindspore(name, job, folder, threads, repeat):
     # the posterior is a point mass at `sample` / scaling_factor; alpha 0.5 for every sample
     step = training.TrainStep(unet, params, AdamW(params), "epsilon", 1.0, 1.0)
     half = ms.Tensor(np.full((1, 1, 1, 1, 1, 1), 0.5 ** 0.5, np.float32))
-    args = (sample, ms.Tensor(np.zeros(sample.shape, np.float32)), ms.Tensor(np.zeros((1,) + sample.shape, np.float32)),
-            noise[None], half, half, ms.Tensor(np.array([[500.0]], np.float32)), context, ms.Tensor(1.0),
-            ms.Tensor(1e-5))
+    args = (sample, ms.Tensor(np.zeros(sample.shape, np.float32)),
+            ms.Tensor(np.zeros((1,) + sample.shape, np.float32)), noise[None], half, half,
+            ms.Tensor(np.array([[500.0]], np.float32)), context, ms.Tensor(1.0), ms.Tensor(1e-5))
     return best_of(lambda: step(*args)[0].asnumpy(), repeat)
 
 
@@ -129,7 +131,8 @@ def _child(framework, name, job, folder, threads, repeat, cache):
     """Runs one job in a fresh process; returns (seconds, peak memory in GiB), or None if it was killed."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=cache)
     code = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); "
-            f"import unet, json; s = unet.run_{framework}({name!r}, {job!r}, {folder!r}, {threads}, {repeat}); "
+            f"import unet, json; "
+            f"s = unet.run_{framework}({name!r}, {job!r}, {folder!r}, {threads}, {repeat}); "
             "print('RESULT', json.dumps(s))")
     return run_python(code, env)
 
@@ -226,7 +229,8 @@ def main():
             print(f"| {name} | {job} (s) | {cells[0]} | {cells[1]} | {ratio} |")
         loaded = [results[f"{name}/{job}/mindspore-loaded"] for job in args.jobs]
         peaks["mindspore-loaded"] = max(r[1] if r else float("inf") for r in loaded)
-        for key, row in (("mindspore", "peak memory (GiB)"), ("mindspore-loaded", "peak memory, graphs loaded (GiB)")):
+        for key, row in (("mindspore", "peak memory (GiB)"),
+                         ("mindspore-loaded", "peak memory, graphs loaded (GiB)")):
             if peaks[key] == float("inf"):
                 print(f"| {name} | {row} | {peaks['torch']:.2f} | above the host's memory | - |")
             else:

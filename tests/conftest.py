@@ -3,13 +3,13 @@ import os
 import numpy as np
 import pytest
 
-from tuneavideo_ms import backend
+from tuneavideo_ms import runtime
 
 
 def pytest_configure(config):
     # One forward of the tiny UNet takes seconds in PyNative and a compile of
     # about 20 s in graph mode; most tests run one forward, so PyNative.
-    backend.setup("CPU", "pynative")
+    runtime.setup("CPU", "pynative")
 
 
 def rel_err(a, b):
@@ -19,8 +19,17 @@ def rel_err(a, b):
 
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache(tmp_path_factory):
-    # graphs the tests compile go to the session's temporary folder, not the user's cache
+    # graphs the tests compile go to pytest's temporary folder, not the user's cache
     os.environ["TUNEAVIDEO_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("graphs"))
+
+
+@pytest.fixture
+def portable_kernels():
+    """MindSpore's plain ops for the cells a test builds, then the fast kernels again."""
+    mode = runtime.current().mode
+    runtime.setup("CPU", mode, kernels="portable")
+    yield
+    runtime.setup("CPU", mode)
 
 
 @pytest.fixture

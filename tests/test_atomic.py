@@ -16,7 +16,8 @@ def _dead_pid():
 def test_a_dead_writers_leftovers_are_removed_and_a_live_ones_kept(tmp_path):
     with atomic_file(tmp_path / "first.txt") as tmp:
         open(tmp, "w").close()
-        host_part = os.path.basename(tmp)[len(".first.txt."):].rsplit("-", 2)[0]  # .first.txt.<host>-<pid>-<r>.tmp
+        # .first.txt.<host>-<pid>-<r>.tmp
+        host_part = os.path.basename(tmp)[len(".first.txt."):].rsplit("-", 2)[0]
     dead, live = _dead_pid(), os.getpid()
     (tmp_path / f".checkpoint-40.{host_part}-{dead}-abc.tmp").mkdir()
     (tmp_path / f".unet.{host_part}-{dead}-xyz.old").mkdir()
@@ -27,7 +28,8 @@ def test_a_dead_writers_leftovers_are_removed_and_a_live_ones_kept(tmp_path):
     with atomic_dir(tmp_path / "out") as tmp:
         open(os.path.join(tmp, "x"), "w").close()
     assert sorted(os.listdir(tmp_path)) == sorted([
-        ".hidden", f".unet.{host_part}-{live}-abc.tmp", f".unet.otherhost-{dead}-abc.tmp", "first.txt", "out"])
+        ".hidden", f".unet.{host_part}-{live}-abc.tmp", f".unet.otherhost-{dead}-abc.tmp", "first.txt",
+        "out"])
 
 
 def test_outputs_take_the_umask(tmp_path):

@@ -76,7 +76,8 @@ def test_temporal_attention_equals_numpy(rng):
     for b in range(2):
         for p in range(tokens):
             seq = x64[b * frames:(b + 1) * frames, p]                        # [frames, dim]
-            normed = (seq - seq.mean(-1, keepdims=True)) / np.sqrt(seq.var(-1, keepdims=True) + 1e-5) * g + beta
+            normed = (seq - seq.mean(-1, keepdims=True)) / np.sqrt(seq.var(-1,
+                                                                           keepdims=True) + 1e-5) * g + beta
             q, k, v = (normed @ w[f"{n}.weight"].T for n in ("to_q", "to_k", "to_v"))
             attended = _multi_head(q, k, v, heads) @ w["to_out.0.weight"].T + w["to_out.0.bias"]
             expected[b * frames:(b + 1) * frames, p] = attended + seq

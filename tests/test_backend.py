@@ -1,11 +1,17 @@
 import os
+import subprocess
+import sys
 
 import mindspore as ms
 import numpy as np
 import pytest
 
 from conftest import rel_err
-from tuneavideo_ms import backend, cpu_kernels
+from tuneavideo_ms import runtime
+from tuneavideo_ms.runtime import attention as attention_kernels
+from tuneavideo_ms.runtime import conv as conv_kernels
+from tuneavideo_ms.runtime import cpu_kernels, transpose
+from tuneavideo_ms.runtime.kernels import Kernels
 from tuneavideo_ms.models.attention import GEGLU
 from tuneavideo_ms.models.normalization import GroupNorm, LayerNorm
 
@@ -29,10 +35,10 @@ def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, p
     b = ms.Tensor(rng.standard_normal(out_channels, dtype=np.float32))
     flat = w.reshape(out_channels, -1)  # the matmul kernels' layout
     if kernel_cell == "clip":
-        fast_conv = backend.ClipIm2ColConv(cpu_kernels.build_library(), kernel, stride, padding)
+        fast_conv = conv_kernels.ClipIm2ColConv(cpu_kernels.build_library(), kernel, stride, padding)
     else:
-        fast_conv = backend.FrameConv(backend.conv2d_matmul, kernel, stride, padding)
-    portable_conv = backend.FrameConv(backend.conv2d_portable, kernel, stride, padding)
+        fast_conv = conv_kernels.FrameConv(conv_kernels.conv2d_matmul, kernel, stride, padding)
+    portable_conv = conv_kernels.FrameConv(conv_kernels.conv2d_portable, kernel, stride, padding)
     fast = fast_conv(x, flat, b).asnumpy()
     portable = portable_conv(x, w, b).asnumpy()
     assert fast.shape == portable.shape
@@ -59,14 +65,14 @@ def test_clip_convs_of_other_geometries_in_one_graph(rng):
     b = ms.Tensor(np.zeros(4, np.float32))
     geometries = ((3, 1, 1), (3, 2, 1), (5, 1, 2), (3, 1, 0))
     weights = [ms.Tensor(rng.standard_normal((4, 4, k, k), dtype=np.float32)) for k, _, _ in geometries]
-    convs = ms.nn.CellList([backend.ClipIm2ColConv(cpu_kernels.build_library(), *g) for g in geometries])
+    convs = ms.nn.CellList([conv_kernels.ClipIm2ColConv(cpu_kernels.build_library(), *g) for g in geometries])
     flat = [w.reshape(4, -1) for w in weights]
 
     @ms.jit
     def all_of_them(x):
         return [conv(x, w, b) for conv, w in zip(convs, flat)]
     for got, g, w in zip(all_of_them(x), geometries, weights):
-        want = backend.FrameConv(backend.conv2d_portable, *g)(x, w, b).asnumpy()
+        want = conv_kernels.FrameConv(conv_kernels.conv2d_portable, *g)(x, w, b).asnumpy()
         assert got.shape == want.shape and rel_err(got.asnumpy(), want) < 3e-6
 
 
@@ -77,8 +83,8 @@ def test_clip_conv_in_mixed_precision(rng, jit):
     x = ms.Tensor(rng.standard_normal((1, 4, 2, 6, 6), dtype=np.float32))
     w = ms.Tensor(rng.standard_normal((8, 4, 3, 3), dtype=np.float32) * 0.1)
     b = ms.Tensor(rng.standard_normal(8, dtype=np.float32))
-    conv = backend.ClipIm2ColConv(cpu_kernels.build_library(), 3, 1, 1).to_float(ms.float16)
-    want = backend.FrameConv(backend.conv2d_portable, 3, 1, 1)(x, w, b).asnumpy()
+    conv = conv_kernels.ClipIm2ColConv(cpu_kernels.build_library(), 3, 1, 1).to_float(ms.float16)
+    want = conv_kernels.FrameConv(conv_kernels.conv2d_portable, 3, 1, 1)(x, w, b).asnumpy()
     for dtype in (ms.float32, ms.float16):
         got = (ms.jit(conv.construct) if jit else conv)(x.astype(dtype), w.reshape(8, -1).astype(dtype),
                                                         b.astype(dtype))
@@ -91,11 +97,12 @@ def test_clip_conv_in_mixed_precision(rng, jit):
     (3, 5, 7, 7, 10 ** 9),           # fits one block: the portable path (the tiny model's case)
     (1, 4, 6, 9, 1),                 # a block per query row
 ])
-@pytest.mark.parametrize("core", [backend.RecomputingBlockwiseSoftmaxAttention, backend.BlockwiseSoftmaxAttention])
+@pytest.mark.parametrize("core", [attention_kernels.RecomputingBlockwiseSoftmaxAttention,
+                                  attention_kernels.BlockwiseSoftmaxAttention])
 def test_memory_efficient_attention_equals_portable(rng, heads, dim, lq, lk, block, core):
     q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32)) for n in (lq, lk, lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
-    fast = backend.MemoryEfficientAttention(block)
+    fast = attention_kernels.MemoryEfficientAttention(block)
     fast.core = core(block)  # the second is what gradient checkpointing runs without the fused kernel
     _assert_same_values_and_grads(fast, q, k, v, heads, dim, upstream)
 
@@ -114,12 +121,13 @@ def kernel_threads():
 ])
 def test_fused_cpu_attention_equals_portable(rng, monkeypatch, kernel_threads, heads, dim, lq, lk, threads):
     # these sizes would take the portable path; the kernel's edge cases are in small sizes
-    monkeypatch.setattr(backend, "FUSED_MIN_KEYS", 0)
-    monkeypatch.setattr(backend, "FUSED_MIN_SCORES", 0)
+    monkeypatch.setattr(attention_kernels, "FUSED_MIN_KEYS", 0)
+    monkeypatch.setattr(attention_kernels, "FUSED_MIN_SCORES", 0)
     kernel_threads(threads)
-    q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2) for n in (lq, lk, lk))
+    q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2) for n in (lq, lk,
+                                                                                                   lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
-    fused = backend.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())
+    fused = attention_kernels.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())
     assert fused.fused is not None, "the kernel did not build (see the log)"
     _assert_same_values_and_grads(fused, q, k, v, heads, dim, upstream)
 
@@ -132,25 +140,27 @@ def _assert_same_values_and_grads(attention, q, k, v, heads, dim, upstream):
         fn = ms.value_and_grad(loss, (0, 1, 2), has_aux=True)
         (_, out), g = (ms.jit(fn) if jit else fn)(q, k, v)
         return [out.asnumpy()] + [x.asnumpy() for x in g]
-    expected = grads(backend.attention_portable, False)
+    expected = grads(attention_kernels.attention_portable, False)
     for jit in (False, True):
         for got, want in zip(grads(attention, jit), expected):
             assert rel_err(got, want) < 1e-5
 
 
 @pytest.mark.parametrize("shape,dtype", [
-    ((2, 37, 45, 3), np.float32), ((1, 5, 2, 70), np.float32), ((2, 37, 45, 3), np.float16),  # rows copied whole
-    ((3, 64, 130, 1), np.float32), ((2, 70, 33, 1), np.float32), ((2, 37, 45, 1), np.float16),  # single elements
+    # rows copied whole
+    ((2, 37, 45, 3), np.float32), ((1, 5, 2, 70), np.float32), ((2, 37, 45, 3), np.float16),
+    # single elements
+    ((3, 64, 130, 1), np.float32), ((2, 70, 33, 1), np.float32), ((2, 37, 45, 1), np.float16),
     ((1, 1100, 1000, 1), np.float32),  # over 4 MB: on threads
 ])
 def test_swap_axes_kernel_equals_transpose(rng, shape, dtype):
-    assert backend._swap_axes is not None, "the kernel did not build (see the log)"
+    assert transpose.fast_transpose(), "the kernel did not build (see the log)"
     x = ms.Tensor(rng.standard_normal(shape).astype(dtype))
     upstream = rng.standard_normal((shape[0], shape[2], shape[1], shape[3])).astype(dtype)
     expected = x.asnumpy().transpose(0, 2, 1, 3)
 
     def loss(x):
-        out = backend.swap_axes_1_2(x)
+        out = runtime.swap_axes_1_2(x)
         return (out * ms.Tensor(upstream)).sum(), out
     for fn in (ms.value_and_grad(loss, has_aux=True), ms.jit(ms.value_and_grad(loss, has_aux=True))):
         (_, out), grad = fn(x)
@@ -210,32 +220,53 @@ def _assert_kernel_equals_portable(cell, x, rng, tolerance):
             assert rel_err(g, w) < tolerance
 
 
-def test_kernel_switch(monkeypatch):
-    assert backend.device() == "CPU"
-    assert isinstance(backend.conv_kernel(3, 1, 1), backend.ClipIm2ColConv)
-    assert backend._swap_axes is not None
-    attention = backend.attention_kernel()
-    assert isinstance(attention, backend.MemoryEfficientAttention)
+def test_kernel_switch():
+    assert runtime.device() == "CPU"
+    auto = runtime.kernels()
+    assert auto.choice == "auto" and auto.library is not None
+    assert isinstance(auto.conv(3, 1, 1), conv_kernels.ClipIm2ColConv)
+    assert transpose.fast_transpose()
+    attention = auto.attention()
+    assert isinstance(attention, attention_kernels.MemoryEfficientAttention)
     assert isinstance(attention.fused, cpu_kernels.FusedAttention)
-    # without a compiler, the blocks of MindSpore ops
+    assert auto.native("group_norm") is not None
+    # without a compiler, the blocks of MindSpore ops, and per-frame matmul convolutions
+    no_compiler = Kernels("CPU", "auto", library=None)
+    assert no_compiler.attention().fused is None
+    assert no_compiler.conv(3, 1, 1).conv2d is conv_kernels.conv2d_matmul
+    assert no_compiler.native("geglu") is None
+    portable = Kernels("CPU", "portable")
+    assert portable.conv(3, 1, 1).conv2d is conv_kernels.conv2d_portable
+    assert portable.attention() is attention_kernels.attention_portable
+    with pytest.raises(ValueError, match="no native kernel 'softmax'"):
+        auto.native("softmax")
+
+
+def test_a_missing_compiler_builds_no_library(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_library", {})
     monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
-    assert backend.attention_kernel().fused is None
-    monkeypatch.setitem(backend._state, "library", None)
-    assert backend.conv_kernel(3, 1, 1).conv2d is backend.conv2d_matmul
-    monkeypatch.setitem(backend._state, "kernels", "portable")
-    assert backend.conv_kernel(3, 1, 1).conv2d is backend.conv2d_portable
-    assert backend.attention_kernel() is backend.attention_portable
+    assert Kernels.build("CPU").library is None
 
 
-def test_portable_kernels_transpose_with_mindspore():
-    backend.setup("CPU", backend._state["mode"], kernels="portable")
-    try:
-        assert backend._swap_axes is None
-        x = ms.Tensor(np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4))
-        assert np.array_equal(backend.swap_axes_1_2(x).asnumpy(), x.asnumpy().transpose(0, 2, 1, 3))
-    finally:
-        backend.setup("CPU", backend._state["mode"])
+def test_models_need_no_setup(tmp_path):
+    """A fresh process builds and runs a model without calling setup(), on the default kernels."""
+    code = ("import numpy as np, mindspore as ms\n"
+            "from tuneavideo_ms import runtime\n"
+            "from tuneavideo_ms.models.normalization import GroupNorm\n"
+            "norm = GroupNorm(2, 4)\n"
+            "assert runtime.current().kernels.choice == 'auto' and norm.kernel is not None\n"
+            "print(norm(ms.Tensor(np.ones((1, 4, 2, 2), np.float32))).shape)\n")
+    env = dict(os.environ, TUNEAVIDEO_DEVICE="CPU")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 4, 2, 2)"
+
+
+def test_portable_kernels_transpose_with_mindspore(portable_kernels):
+    assert not transpose.fast_transpose()
+    x = ms.Tensor(np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4))
+    assert np.array_equal(runtime.swap_axes_1_2(x).asnumpy(), x.asnumpy().transpose(0, 2, 1, 3))
 
 
 def test_a_failed_kernel_build_falls_back_and_leaves_no_file(tmp_path, monkeypatch, caplog):
@@ -250,23 +281,23 @@ def test_a_failed_kernel_build_falls_back_and_leaves_no_file(tmp_path, monkeypat
 
 def test_setup_rejects_unknown_values(monkeypatch):
     with pytest.raises(ValueError, match="unknown device 'TPU'"):
-        backend.setup("TPU")
+        runtime.setup("TPU")
     with pytest.raises(ValueError, match="mode must be"):
-        backend.setup("CPU", mode="eager")
+        runtime.setup("CPU", mode="eager")
     monkeypatch.setenv("TUNEAVIDEO_DEVICE", "tpu")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        backend.setup(mode="pynative")
+        runtime.setup(mode="pynative")
 
 
 def test_environment_overrides_detection(monkeypatch):
     monkeypatch.setenv("TUNEAVIDEO_DEVICE", "cpu")
-    assert backend.setup(mode="pynative") == "CPU"
+    assert runtime.setup(mode="pynative") == "CPU"
 
 
 def test_bf16_on_cpu_is_refused_clearly():
     with pytest.raises(ValueError, match="bf16 needs an Ascend device"):
-        backend.check_dtype(ms.bfloat16)
-    backend.check_dtype(ms.float16)
+        runtime.check_dtype(ms.bfloat16)
+    runtime.check_dtype(ms.float16)
 
 
 def _numpy_flash(query, key, value, head_num, scalar_value=1.0, input_layout="BSH"):
@@ -284,16 +315,19 @@ def _numpy_flash(query, key, value, head_num, scalar_value=1.0, input_layout="BS
     return ms.Tensor(out.transpose(0, 2, 1, 3).reshape(b, lq, inner).astype(np.float32))
 
 
-@pytest.mark.parametrize("heads,dim,lk", [(8, 40, 77), (2, 64, 9), (4, 5, 3)])  # SD 1.5's 40, SD 2's 64, temporal
+# head dims: SD 1.5's 40, SD 2's 64; 3 keys: temporal attention
+@pytest.mark.parametrize("heads,dim,lk", [(8, 40, 77), (2, 64, 9), (4, 5, 3)])
 def test_flash_attention_layout_equals_portable(rng, heads, dim, lk):
     q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim)).astype(np.float32)) for n in (6, lk, lk))
-    expected = backend.attention_portable(q, k, v, heads, dim ** -0.5, True).asnumpy()
-    out = backend.flash_attention(_numpy_flash, half=None)(q, k, v, heads, dim ** -0.5, True).asnumpy()
+    expected = attention_kernels.attention_portable(q, k, v, heads, dim ** -0.5, True).asnumpy()
+    out = attention_kernels.flash_attention(_numpy_flash, half=None)(q, k, v, heads, dim ** -0.5,
+                                                                     True).asnumpy()
     assert rel_err(out, expected) < 1e-5
     # and it compiles in graph mode with the portable kernel plugged in
-    portable = lambda q, k, v, n, scalar_value, input_layout: backend.attention_portable(  # noqa: E731
+    portable = lambda q, k, v, n, scalar_value, input_layout: attention_kernels.attention_portable(  # noqa: E731
         q, k, v, n, scalar_value, True)
-    jitted = ms.jit(backend.flash_attention(portable, half=None))(q, k, v, heads, dim ** -0.5, True).asnumpy()
+    jitted = ms.jit(attention_kernels.flash_attention(portable, half=None))(q, k, v, heads, dim ** -0.5,
+                                                                            True).asnumpy()
     assert rel_err(jitted, expected) < 1e-5
 
 
@@ -301,13 +335,13 @@ def test_each_job_runs_on_the_card_its_launcher_gives(monkeypatch):
     """launch_edit.sh runs one job per card with DEVICE_ID; msrun sets its workers' cards itself."""
     monkeypatch.delenv("MS_ROLE", raising=False)
     monkeypatch.setenv("DEVICE_ID", "3")
-    assert backend.device_id("Ascend") == 3 and backend.device_id("GPU") == 3
-    assert backend.device_id("CPU") is None
+    assert runtime.device_id("Ascend") == 3 and runtime.device_id("GPU") == 3
+    assert runtime.device_id("CPU") is None
     monkeypatch.setenv("MS_ROLE", "MS_WORKER")
-    assert backend.device_id("Ascend") is None
+    assert runtime.device_id("Ascend") is None
     monkeypatch.delenv("MS_ROLE")
     monkeypatch.delenv("DEVICE_ID")
-    assert backend.device_id("Ascend") is None
+    assert runtime.device_id("Ascend") is None
     monkeypatch.setenv("DEVICE_ID", "card1")
     with pytest.raises(ValueError, match="DEVICE_ID must be a card number"):
-        backend.device_id("Ascend")
+        runtime.device_id("Ascend")

@@ -9,10 +9,11 @@ from conftest import DEMO_CONFIG
 from tuneavideo_ms.config import load_config, resolve_checkpoint
 
 MISTAKES = [
-    (["trainable_modules=attn_temp"], r"trainable_modules \(command line\): 'attn_temp' is not a list; write a list"),
+    (["trainable_modules=attn_temp"],
+     r"trainable_modules \(command line\): 'attn_temp' is not a list; write a list"),
     (["validation_data.prompts=a cat"], r"validation_data.prompts \(command line\): 'a cat' is not a list"),
-    (["learning_rate=abc"], r"learning_rate \(command line\): Value 'abc' of type 'str' could not be converted to "
-                            "Float"),
+    (["learning_rate=abc"],
+     r"learning_rate \(command line\): Value 'abc' of type 'str' could not be converted to Float"),
     (["seed=abc"], "seed .*could not be converted to Integer"),
     (["max_train_steps=abc"], "max_train_steps .*could not be converted to Integer"),
     (["max_train_steps=1.5"], "max_train_steps .*could not be converted to Integer"),
@@ -22,8 +23,9 @@ MISTAKES = [
     (["validation_steps=-3"], "validation_steps is -3"),
     (["max_train_steps"], r"override 'max_train_steps' is not key=value"),
     (["mixed_precision=fp8"], "mixed_precision is 'fp8'; it must be no or fp16 or bf16"),
-    (["validation_data.video_length=8"], "validation_data.video_length is 8, but use_inv_latent samples from the "
-                                         "inverted clip, which has train_data.n_sample_frames 4"),
+    (["validation_data.video_length=8"],
+     "validation_data.video_length is 8, but use_inv_latent samples from the inverted clip, "
+     "which has train_data.n_sample_frames 4"),
     (["validation_data.width=128"], "validation_data.width is 128, but .* train_data.width 64"),
     (["train_data.width=100"], r"width 100 \(nearest that work: 96 or 104\)"),
     (["seed=-1"], "seed is -1"),

@@ -30,7 +30,8 @@ def test_pipeline_folder_to_mindspore_and_back(tmp_path):
     assert os.path.isfile(tmp_path / "ms" / "text_encoder" / "model.ckpt")
     assert os.path.isfile(tmp_path / "ms" / "tokenizer" / "vocab.json")
     # mindspore reads the files itself, and the pipeline loads the folder with identical weights
-    assert "conv_in.weight" in ms.load_checkpoint(str(tmp_path / "ms" / "unet" / "diffusion_pytorch_model.ckpt"))
+    unet_file = tmp_path / "ms" / "unet" / "diffusion_pytorch_model.ckpt"
+    assert "conv_in.weight" in ms.load_checkpoint(str(unet_file))
     converted = TuneAVideoPipeline.from_pretrained(str(tmp_path / "ms"))
     original = TuneAVideoPipeline.from_pretrained(src)
     for a, b in ((converted.unet, original.unet), (converted.vae, original.vae),
@@ -92,9 +93,11 @@ def test_the_converter_never_destroys_its_source(tmp_path):
     unet = run / "unet"
     unet.mkdir(parents=True)
     (unet / "config.json").write_text("{}")
-    write_safetensors(unet / "diffusion_pytorch_model.safetensors", {"w": TensorRef.of(np.ones(3, np.float32))})
+    write_safetensors(unet / "diffusion_pytorch_model.safetensors",
+                      {"w": TensorRef.of(np.ones(3, np.float32))})
     before = sorted(os.listdir(unet))
-    for dst, relation in ((unet, "is"), (unet / "ms", "is inside"), (run, "contains"), (tmp_path, "contains")):
+    for dst, relation in ((unet, "is"), (unet / "ms", "is inside"), (run, "contains"),
+                          (tmp_path, "contains")):
         with pytest.raises(ValueError, match=f"{relation} the source .*would destroy the source"):
             convert(str(unet), str(dst), overwrite=True, dtype="fp16")
     assert sorted(os.listdir(unet)) == before

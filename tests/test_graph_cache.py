@@ -8,9 +8,11 @@ import time
 
 import mindspore as ms
 import numpy as np
+import pytest
 from mindspore import Parameter, Tensor, nn
 
-from tuneavideo_ms import graph_cache
+from tuneavideo_ms.runtime import compile_child
+from tuneavideo_ms.runtime.compile_cache import CompileCache, holds_graph
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +21,8 @@ class Toy(nn.Cell):
     def __init__(self, scale=2.0, shift=0.5, seed=0):
         super().__init__()
         rng = np.random.default_rng(seed)
-        self.weight = Parameter(Tensor(rng.standard_normal((1, 4, 1, 1, 1)).astype(np.float32)), name="weight")
+        self.weight = Parameter(Tensor(rng.standard_normal((1, 4, 1, 1, 1)).astype(np.float32)),
+                                name="weight")
         self.shift = Tensor(np.full((4,), shift, np.float32))
         self.scale = scale
         self.dropout = nn.Dropout(p=0.0)
@@ -29,11 +32,10 @@ class Toy(nn.Cell):
 
 
 def _folder(cell, shape=(1, 4, 2, 2, 2), dtype=ms.float32):
-    return graph_cache.graph_folder(cell, [Tensor(np.zeros(shape), dtype)])
+    return CompileCache("/cache").folder(cell, [Tensor(np.zeros(shape), dtype)])
 
 
 def test_graph_folder_follows_what_the_graph_is_made_of(monkeypatch):
-    monkeypatch.setenv("TUNEAVIDEO_COMPILE_CACHE", "/cache")
     ms.set_seed(1)
     base = _folder(Toy())
     ms.set_seed(2)  # other dropout seeds, other weights: the same graph
@@ -49,7 +51,7 @@ def test_graph_folder_follows_what_the_graph_is_made_of(monkeypatch):
     assert _folder(Toy(), shape=(1, 4, 2, 2, 3)) != base
     assert _folder(Toy(), dtype=ms.float16) != base
     monkeypatch.setenv("TUNEAVIDEO_COMPILE_CACHE", "off")
-    assert graph_cache.cache_root() is None
+    assert CompileCache.from_environment().root is None
 
 
 STEP = """
@@ -58,15 +60,16 @@ import mindspore as ms, numpy as np
 logging.basicConfig(level=logging.INFO)
 sys.path.insert(0, {tests!r})
 from test_graph_cache import Toy
-from tuneavideo_ms import backend, training
+from tuneavideo_ms import runtime, training
 from tuneavideo_ms.optim import AdamW
-backend.setup("CPU", "graph")
+runtime.setup("CPU", "graph")
 toy = Toy(seed=int(sys.argv[1]))
 step = training.TrainStep(toy, [toy.weight], AdamW([toy.weight]), "epsilon", 0.18, 1.0)
 rng = np.random.default_rng(0)
 t = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))
 alpha = lambda a: ms.Tensor(np.full((1, 1, 1, 1, 1, 1), a, np.float32))
-inputs = (t(1, 4, 2, 2, 2), t(1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), alpha(0.6), alpha(0.8),
+inputs = (t(1, 4, 2, 2, 2), t(1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), alpha(0.6),
+alpha(0.8),
           ms.Tensor([[10.0]]), t(1, 3, 5), ms.Tensor(1.0), ms.Tensor(0.1))
 losses = [float(step(*inputs)[0].asnumpy()) for _ in range(2)]
 step(*inputs[:-3], t(1, 3, 6), *inputs[-2:])  # a second graph: compiled, not cached (one per process)
@@ -87,7 +90,8 @@ def _train(folder, seed, cache):
 
 
 def _files(folder):
-    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(folder) for f in fs}
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _,
+            fs in os.walk(folder) for f in fs}
 
 
 def test_cached_training_step_trains_the_loaded_weights(tmp_path):
@@ -96,7 +100,8 @@ def test_cached_training_step_trains_the_loaded_weights(tmp_path):
     # compiled once, by a forked child; the process itself loaded the graph
     assert compiles == 1 and in_child
     graphs = _files(cache)
-    assert [os.path.basename(name) for name in graphs if name.endswith(".mindir")] == ["compile_cache_0.mindir"]
+    mindir = [os.path.basename(name) for name in graphs if name.endswith(".mindir")]
+    assert mindir == ["compile_cache_0.mindir"]
     other_weights, compiles, in_child = _train(tmp_path, 1, cache)
     assert _files(cache) == graphs and compiles == 0 and not in_child  # loaded, not compiled again
     assert other_weights == _train(tmp_path, 1, "off")[0] != first
@@ -109,24 +114,24 @@ def test_compile_in_child_runs_in_a_copy_of_this_process(tmp_path):
         marks.append(os.getpid())
         (tmp_path / "pid").write_text(str(os.getpid()))
 
-    assert graph_cache.compile_in_child(compile)
+    assert compile_child.compile_in_child(compile)
     assert marks == [] and int((tmp_path / "pid").read_text()) != os.getpid()
 
     def fails():
         raise RuntimeError("no graph")
 
-    assert not graph_cache.compile_in_child(fails)  # the caller then compiles, and meets the error itself
+    assert not compile_child.compile_in_child(fails)  # the caller then compiles, and meets the error itself
 
 
 UNET_STEP = """
 import json, logging, sys
 import mindspore as ms, numpy as np
 logging.basicConfig(level=logging.INFO)
-from tuneavideo_ms import backend, training
+from tuneavideo_ms import runtime, training
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.optim import AdamW
 from tuneavideo_ms.tiny import UNET_CONFIG
-backend.setup("CPU", "graph")
+runtime.setup("CPU", "graph")
 ms.set_seed(0)
 np.random.seed(0)
 unet = UNet3DConditionModel(**UNET_CONFIG)
@@ -135,7 +140,8 @@ step = training.TrainStep(unet, params, AdamW(params), "epsilon", 0.18, 1.0)
 rng = np.random.default_rng(0)
 t = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))
 alpha = lambda a: ms.Tensor(np.full((1, 1, 1, 1, 1, 1), a, np.float32))
-inputs = (t(1, 4, 3, 8, 8), t(1, 4, 3, 8, 8), t(1, 1, 4, 3, 8, 8), t(1, 1, 4, 3, 8, 8), alpha(0.6), alpha(0.8),
+inputs = (t(1, 4, 3, 8, 8), t(1, 4, 3, 8, 8), t(1, 1, 4, 3, 8, 8), t(1, 1, 4, 3, 8, 8), alpha(0.6),
+alpha(0.8),
           ms.Tensor([[500.0]]), t(1, 5, 32), ms.Tensor(1.0), ms.Tensor(1e-3))
 losses = [float(step(*inputs)[0].asnumpy()) for _ in range(3)]
 print("RESULT", json.dumps([losses, [p.asnumpy().ravel().tolist() for p in params]]))
@@ -144,14 +150,15 @@ print("RESULT", json.dumps([losses, [p.asnumpy().ravel().tolist() for p in param
 
 def test_unet_step_with_shared_graphs_equals_one_without(tmp_path):
     """A cold cached compile runs in a child whose transformers of one
-    configuration share a graph (graph_cache.share_graphs; the tiny UNet's
+    configuration share a graph (compile_child.share_graphs; the tiny UNet's
     share it across resolutions); the cache off compiles each instance."""
     script = tmp_path / "unet_step.py"
     script.write_text(UNET_STEP)
     runs = []
     for cache in (tmp_path / "graphs", "off"):
         env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=str(cache))
-        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                             check=True)
         runs.append((json.loads(out.stdout.split("RESULT", 1)[1]), out.stderr))
     (shared, log), (separate, _) = runs
     # 32 and 64 channels: 4 and 3 resolutions
@@ -163,10 +170,10 @@ def test_an_incomplete_stored_graph_is_removed(tmp_path):
     folder = tmp_path / "graph"
     (folder / "rank_0").mkdir(parents=True)
     (folder / "rank_0" / "graph.mindir").write_bytes(b"")  # a writer killed mid-write
-    assert not graph_cache._holds_graph(str(folder)) and not folder.exists()
+    assert not holds_graph(str(folder)) and not folder.exists()
     (folder / "rank_0").mkdir(parents=True)
     (folder / "rank_0" / "graph.mindir").write_bytes(b"graph")
-    assert graph_cache._holds_graph(str(folder))
+    assert holds_graph(str(folder))
 
 
 def test_a_compile_child_dies_with_its_parent(tmp_path):
@@ -175,12 +182,12 @@ def test_a_compile_child_dies_with_its_parent(tmp_path):
     script.write_text(f"""
 import os, sys, time
 sys.path.insert(0, {REPO!r})
-from tuneavideo_ms import graph_cache
+from tuneavideo_ms.runtime import compile_child
 def compile():
     with open({str(tmp_path / 'child.pid')!r}, "w") as f:
         f.write(str(os.getpid()))
     time.sleep(60)
-graph_cache.compile_in_child(compile)
+compile_child.compile_in_child(compile)
 """)
     parent = subprocess.Popen([sys.executable, str(script)])
     pid_file = tmp_path / "child.pid"
@@ -202,3 +209,9 @@ graph_cache.compile_in_child(compile)
         time.sleep(0.05)
     os.kill(child, 9)
     raise AssertionError("the compile child outlived its parent")
+
+
+def test_the_compile_child_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("TUNEAVIDEO_COMPILE_CHILD", "off")
+    assert not compile_child.available()
+    assert not compile_child.compile_and_store(None, lambda: pytest.fail("compiled in a child"))

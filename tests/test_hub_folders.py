@@ -53,19 +53,21 @@ def test_folder_equals_diffusers(folder, reference, rng):
     prompts = ["a man is skiing", "spider man is skiing on the beach, cartoon style"]
     ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="np").input_ids
-    ref_ids = reference.tokenizer(prompts, padding="max_length", max_length=reference.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="np").input_ids
+    ref_ids = reference.tokenizer(prompts, padding="max_length",
+                                  max_length=reference.tokenizer.model_max_length, truncation=True,
+                                  return_tensors="np").input_ids
     assert np.array_equal(ids, ref_ids)
     embedding = pipe.encode_prompt(prompts).asnumpy()
     with torch.no_grad():
         ref_embedding = reference.text_encoder(torch.from_numpy(ids.astype(np.int64)))[0].numpy()
     assert rel_err(embedding, ref_embedding) < 1e-5
 
-    pixels = read_video(example_clip("man-skiing.mp4"), 2, 64, 64, 0, 4)  # [f, 3, h, w]
-    latents = pipe.encode_video(pixels.transpose(1, 0, 2, 3)[None]).asnumpy()
+    pixels = read_video(example_clip("man-skiing.mp4"), 2, 64, 64, 0, 4)  # [3, f, h, w]
+    latents = pipe.encode_video(pixels[None]).asnumpy()
     with torch.no_grad():
         vae = reference.vae.double()
-        ref = vae.encode(torch.from_numpy(pixels).double()).latent_dist.mean * vae.config.scaling_factor
+        frames = torch.from_numpy(pixels.transpose(1, 0, 2, 3)).double()  # [f, 3, h, w]
+        ref = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
     assert rel_err(latents[0].transpose(1, 0, 2, 3), ref.numpy()) < 1e-5
 
     sample = _unet_sample(rng)
@@ -87,6 +89,24 @@ def test_folder_loads_through_its_scheduler_config(folder):
 def _diffusers_state(pipe):
     return {part: {k: v.numpy() for k, v in getattr(pipe, part).state_dict().items()}
             for part in ("unet", "vae", "text_encoder")}
+
+
+@pytest.mark.parametrize("component", ["unet", "vae", "text_encoder", "scheduler"])
+def test_every_model_config_refuses_an_unknown_key(folder, component, tmp_path):
+    """One config reader for every model: the Hub's bookkeeping keys pass, a key the model does not
+    know (a typo, another model's config) is refused by name."""
+    from tuneavideo_ms.models.vae import AutoencoderKL
+    from tuneavideo_ms.schedulers import DDIMScheduler
+    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    with open(os.path.join(folder, component, name)) as f:
+        config = json.load(f)
+    make = {"unet": UNet3DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+            "scheduler": DDIMScheduler}[component]
+    make(**config)  # as the Hub wrote it
+    if config.get("_class_name") == "PNDMScheduler":
+        return  # another scheduler's config lends DDIM its noise schedule and nothing else (test_scheduler)
+    with pytest.raises(ValueError, match=r"unknown .* config fields: hiden_size \(known: "):
+        make(**dict(config, hiden_size=32))
 
 
 def test_converts_to_mindspore_and_back_to_current_names(folder, reference, tmp_path):
@@ -128,9 +148,10 @@ def test_fp16_files_and_variants(tmp_path):
     plain = _params(UNet3DConditionModel.from_pretrained_2d(str(sd), "unet"))
     unet_bin = sd / "unet" / "diffusion_pytorch_model.bin"
     _as_safetensors(unet_bin, sd / "unet" / "diffusion_pytorch_model.fp16.safetensors", "F16")
-    _as_safetensors(sd / "text_encoder" / "pytorch_model.bin", sd / "text_encoder" / "model.fp16.safetensors", "F16")
-    _as_safetensors(sd / "vae" / "diffusion_pytorch_model.bin", sd / "vae" / "diffusion_pytorch_model.fp16.safetensors",
+    _as_safetensors(sd / "text_encoder" / "pytorch_model.bin", sd / "text_encoder" / "model.fp16.safetensors",
                     "F16")
+    _as_safetensors(sd / "vae" / "diffusion_pytorch_model.bin",
+                    sd / "vae" / "diffusion_pytorch_model.fp16.safetensors", "F16")
     half = UNet3DConditionModel.from_pretrained_2d(str(sd), "unet", variant="fp16")
     for name, value in _params(half).items():
         assert value.dtype == np.float32  # loaded as fp32
@@ -140,7 +161,8 @@ def test_fp16_files_and_variants(tmp_path):
     assert all(v.dtype == np.float32 for v in _params(pipe.text_encoder).values())
     # without a variant the plain files load; with only a variant there, the error says how to load it
     os.remove(unet_bin)
-    with pytest.raises(WeightsError, match=r"diffusion_pytorch_model.fp16.safetensors \(a variant: pass variant="):
+    with pytest.raises(WeightsError,
+                       match=r"diffusion_pytorch_model.fp16.safetensors \(a variant: pass variant="):
         UNet3DConditionModel.from_pretrained_2d(str(sd), "unet")
     with pytest.raises(WeightsError, match="the bf16 variant of"):
         UNet3DConditionModel.from_pretrained_2d(str(sd), "unet", variant="bf16")
@@ -176,9 +198,10 @@ def test_sharded_weights(tmp_path):
     def torch_save(path, state):
         torch.save({n: torch.from_numpy(v) for n, v in state.items()}, path)
 
-    _shard(sd / "unet" / "diffusion_pytorch_model.bin", sd / "unet", "diffusion_pytorch_model", ".safetensors",
-           write_safetensors_state)
-    _shard(sd / "text_encoder" / "pytorch_model.bin", sd / "text_encoder", "pytorch_model", ".bin", torch_save)
+    _shard(sd / "unet" / "diffusion_pytorch_model.bin", sd / "unet", "diffusion_pytorch_model",
+           ".safetensors", write_safetensors_state)
+    _shard(sd / "text_encoder" / "pytorch_model.bin", sd / "text_encoder", "pytorch_model", ".bin",
+           torch_save)
     after = TuneAVideoPipeline.from_pretrained(str(sd))
     for part in ("unet", "text_encoder"):
         a, b = _params(getattr(before, part)), _params(getattr(after, part))
@@ -207,9 +230,11 @@ def test_hub_id_from_the_local_cache(tmp_path, monkeypatch):
     pipe = TuneAVideoPipeline.from_pretrained("CompVis/stable-diffusion-v1-4")
     unet = UNet3DConditionModel.from_pretrained_2d("CompVis/stable-diffusion-v1-4", subfolder="unet")
     assert all(np.array_equal(v, _params(pipe.unet)[n]) for n, v in _params(unet).items())
-    assert isinstance(CLIPTextModel.from_pretrained("CompVis/stable-diffusion-v1-4", "text_encoder"), CLIPTextModel)
-    with pytest.raises(FileNotFoundError, match="stabilityai/stable-diffusion-2-1 is neither a folder nor a model in "
-                                                f"the Hugging Face cache \\({re.escape(str(cache))}\\)"):
+    assert isinstance(CLIPTextModel.from_pretrained("CompVis/stable-diffusion-v1-4", "text_encoder"),
+                      CLIPTextModel)
+    with pytest.raises(FileNotFoundError,
+                       match="stabilityai/stable-diffusion-2-1 is neither a folder nor a model in "
+                             f"the Hugging Face cache \\({re.escape(str(cache))}\\)"):
         TuneAVideoPipeline.from_pretrained("stabilityai/stable-diffusion-2-1")
 
 
@@ -234,16 +259,17 @@ def test_train_and_infer_commands(tmp_path, folder, mode, size):
           f"train_data.video_path={example_clip('car-turn.mp4')}", "train_data.n_sample_frames=2",
           f"train_data.height={height}", f"train_data.width={width}", "max_train_steps=2", f"mode={mode}",
           "checkpointing_steps=100", "validation_data.prompts=[a jeep car is moving on the snow]",
-          "validation_data.video_length=2", f"validation_data.height={height}", f"validation_data.width={width}",
-          "validation_data.num_inference_steps=2", "validation_data.num_inv_steps=2", "gradient_checkpointing=False",
+          "validation_data.video_length=2", f"validation_data.height={height}",
+          f"validation_data.width={width}", "validation_data.num_inference_steps=2",
+          "validation_data.num_inv_steps=2", "gradient_checkpointing=False",
           "validation_data.guidance_scale=1.0")  # inversion and sampling then share one compiled graph
     assert np.load(out / "inv_latents" / "ddim_latent-2.npy").shape == (1, 4, 2, height // 8, width // 8)
     frames = imageio.mimread(out / "samples" / "sample-2" / "a jeep car is moving on the snow.gif")
     assert len(frames) == 2 and frames[0].shape[:2] == (height, width)
     edit = tmp_path / "edit"
     _tool("infer.py", "--pretrained_model_path", folder, "--unet", str(out / "unet"), "--video",
-          example_clip("car-turn.mp4"), "--prompts", "a jeep car is moving on the beach", "--video_length", "2",
-          "--height", str(height), "--width", str(width), "--num_inv_steps", "2", "--num_inference_steps", "2",
-          "--output_dir", str(edit), "--mode", "pynative")
+          example_clip("car-turn.mp4"), "--prompts", "a jeep car is moving on the beach", "--video_length",
+          "2", "--height", str(height), "--width", str(width), "--num_inv_steps", "2",
+          "--num_inference_steps", "2", "--output_dir", str(edit), "--mode", "pynative")
     frames = imageio.mimread(edit / "a jeep car is moving on the beach.gif")
     assert len(frames) == 2 and frames[0].shape[:2] == (height, width)

@@ -18,8 +18,9 @@ DEMO = DEMO_CONFIG
 # adam_epsilon=1: Adam's first steps move each weight by +-lr whatever its gradient's size, so
 # rounding-level differences in near-zero gradients (a batch-2 sum against the all-reduce of two
 # batch-1 gradients) would flip whole steps; with a large epsilon the update follows the gradient.
-COMMON = ["train_data.n_sample_frames=2", "validation_data.prompts=[]", "max_train_steps=1", "checkpointing_steps=1",
-          "mode=pynative", "gradient_checkpointing=False", "adam_epsilon=1.0", "learning_rate=1e-1"]
+COMMON = ["train_data.n_sample_frames=2", "validation_data.prompts=[]", "max_train_steps=1",
+          "checkpointing_steps=1", "mode=pynative", "gradient_checkpointing=False", "adam_epsilon=1.0",
+          "learning_rate=1e-1"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def _trained(output_dir):
 
 
 def test_two_workers_equal_one_process_with_batch_two(sd, tmp_path):
-    settings = [f"pretrained_model_path={sd}", f"train_data.video_path={example_clip('man-surfing.mp4')}", *COMMON]
+    settings = [f"pretrained_model_path={sd}", f"train_data.video_path={example_clip('man-surfing.mp4')}",
+                *COMMON]
     logs = tmp_path / "logs"
     result = _launch("launch_train.sh", "--workers", "2", "--config", DEMO, "--log-dir", str(logs),
                      "--master-port", "8157", *settings, f"output_dir={tmp_path / 'dp'}")
@@ -57,9 +59,10 @@ def test_two_workers_equal_one_process_with_batch_two(sd, tmp_path):
 
 def test_a_crashing_worker_fails_the_launch_with_its_log(sd, tmp_path, monkeypatch):
     monkeypatch.setenv("MS_NODE_TIMEOUT", "5")  # msrun notices a dead worker by heartbeat, 30 s by default
-    result = _launch("launch_train.sh", "--workers", "2", "--config", DEMO, "--log-dir", str(tmp_path / "logs"),
-                     "--master-port", "8158", f"pretrained_model_path={sd}", f"output_dir={tmp_path / 'out'}",
-                     f"train_data.video_path={tmp_path / 'missing.mp4'}", *COMMON)
+    result = _launch("launch_train.sh", "--workers", "2", "--config", DEMO, "--log-dir",
+                     str(tmp_path / "logs"), "--master-port", "8158", f"pretrained_model_path={sd}",
+                     f"output_dir={tmp_path / 'out'}", f"train_data.video_path={tmp_path / 'missing.mp4'}",
+                     *COMMON)
     assert result.returncode != 0
     assert "last 30 lines of" in result.stderr and "video not found" in result.stderr
 
@@ -75,9 +78,10 @@ def test_many_clips_run_n_at_a_time_and_a_failure_is_reported(sd, tmp_path):
                         "  guidance_scale: 1.0\n  use_inv_latent: false\n"
                         "trainable_modules: [attn1.to_q, attn2.to_q, attn_temp]\nmax_train_steps: 1\n")
         configs.append(str(path))
-    result = _launch("launch_edit.sh", "--workers", "2", "--configs", *configs, "--log-dir", str(tmp_path / "logs"),
-                     "mode=pynative", "gradient_checkpointing=False", "train_data.width=64", "train_data.height=64",
-                     "validation_data.width=64", "validation_data.height=64")
+    result = _launch("launch_edit.sh", "--workers", "2", "--configs", *configs, "--log-dir",
+                     str(tmp_path / "logs"), "mode=pynative", "gradient_checkpointing=False",
+                     "train_data.width=64", "train_data.height=64", "validation_data.width=64",
+                     "validation_data.height=64")
     assert result.returncode != 0
     assert "| skiing | ok |" in result.stdout and "| surfing | ok |" in result.stdout
     assert "| absent | FAILED (1) |" in result.stdout and "video not found" in result.stderr
@@ -87,14 +91,16 @@ def test_many_clips_run_n_at_a_time_and_a_failure_is_reported(sd, tmp_path):
 
 
 def test_launchers_refuse_mistakes_before_starting_anything(tmp_path):
-    same = _launch("launch_edit.sh", "--workers", "2", "--configs", os.path.join(REPO, "configs", "man-skiing.yaml"),
+    same = _launch("launch_edit.sh", "--workers", "2", "--configs",
+                   os.path.join(REPO, "configs", "man-skiing.yaml"),
                    os.path.join(REPO, "configs", "car-turn.yaml"), f"output_dir={tmp_path / 'one'}")
     assert same.returncode == 2 and "both write to" in same.stderr
     assert "give each clip its own output_dir" in same.stderr
     assert not os.path.exists(tmp_path / "one")
     for script in ("launch_train.sh", "launch_edit.sh"):
         helped = _launch(script, "--help")
-        assert helped.returncode == 0 and helped.stdout.startswith(("Data-parallel", "Many clips")), helped.stdout
+        assert helped.returncode == 0 and helped.stdout.startswith(("Data-parallel",
+                                                                    "Many clips")), helped.stdout
         assert "set -uo" not in helped.stdout
         missing = _launch(script, "--workers")
         assert missing.returncode == 2 and "--workers needs a value" in missing.stderr

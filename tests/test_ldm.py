@@ -19,7 +19,8 @@ from weights_convert import convert
 
 UNET_SD1 = dict(sample_size=8, block_out_channels=(32, 32, 64), layers_per_block=2, cross_attention_dim=768,
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8)
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                attention_head_dim=8)
 UNET_SD2 = dict(sample_size=8, block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=1024,
                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=[1, 2],

@@ -67,8 +67,8 @@ def test_text_encoder_and_tokenizer_equal_transformers(tmp_path, act, eos):
     ref.save_pretrained(tmp_path / "text_encoder", safe_serialization=(act == "gelu"))
     tiny.write_tokenizer(tmp_path / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "tokenizer")
-    ids = tokenizer(["a man is skiing", "Spider Man is skiing on the beach, cartoon style"], padding="max_length",
-                    max_length=77, truncation=True, return_tensors="np").input_ids
+    ids = tokenizer(["a man is skiing", "Spider Man is skiing on the beach, cartoon style"],
+                    padding="max_length", max_length=77, truncation=True, return_tensors="np").input_ids
     # byte-level spelling: "a" is the word-final byte a, then the end token pads
     assert ids.shape == (2, 77) and ids[0, 0] == tiny.VOCAB_SIZE - 2 and ids[0, 1] == 256 + ord("a")
     encoder = CLIPTextModel.from_pretrained(str(tmp_path / "text_encoder"))
@@ -112,7 +112,8 @@ def test_guidance_one_skips_unconditional_branch_and_negative_prompt_matters(pip
     calls.clear()
     plain = pipe(["a man is skiing"], guidance_scale=7.5, seed=0, **SAMPLING).videos
     assert calls == [2, 2]
-    negative = pipe(["a man is skiing"], guidance_scale=7.5, negative_prompt=["blurry"], seed=0, **SAMPLING).videos
+    negative = pipe(["a man is skiing"], guidance_scale=7.5, negative_prompt=["blurry"], seed=0,
+                    **SAMPLING).videos
     assert not np.array_equal(plain, negative)
 
 
@@ -140,8 +141,8 @@ def test_pipeline_bad_inputs(pipe, tmp_path):
 # ----------------------------------------------------------------------------- tools/infer.py
 
 def _infer(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "infer.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=900)
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "infer.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
 
 
 def test_infer_edits_a_real_clip(tmp_path):
@@ -151,9 +152,11 @@ def test_infer_edits_a_real_clip(tmp_path):
                     "--video_length", "3", "--width", "64", "--height", "128", "--num_inv_steps", "2",
                     "--num_inference_steps", "2", "--output_dir", str(out), "--mode", "pynative")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(out)) == sorted(["a_b.gif", "a_b.mp4", "a man is surfing.gif", "a man is surfing.mp4",
-                                              "grid.gif", "inv_latents.npy", "prompts.json"])
-    assert json.loads((out / "prompts.json").read_text()) == {"a man is surfing": "a man is surfing", "a_b": "a/b"}
+    assert sorted(os.listdir(out)) == sorted(["a_b.gif", "a_b.mp4", "a man is surfing.gif",
+                                              "a man is surfing.mp4", "grid.gif", "inv_latents.npy",
+                                              "prompts.json"])
+    assert json.loads((out / "prompts.json").read_text()) == {"a man is surfing": "a man is surfing",
+                                                              "a_b": "a/b"}
     for name in ("a man is surfing.gif", "a man is surfing.mp4"):
         frames = imageio.mimread(out / name)
         assert len(frames) == 3 and frames[0].shape[:2] == (128, 64), name
@@ -171,7 +174,8 @@ def test_infer_reports_a_missing_or_unreadable_clip(tmp_path):
 
 
 def test_prompts_get_distinct_safe_file_names():
-    prompts = ["a/b", "a_b", " a_b ", "a man is skiing", "a man is skiing", "x" * 300, "x" * 299, "", "../etc"]
+    prompts = ["a/b", "a_b", " a_b ", "a man is skiing", "a man is skiing", "x" * 300, "x" * 299, "",
+               "../etc"]
     stems = prompt_filenames(prompts)
     assert len(set(stems)) == len(prompts)
     assert stems[3].startswith("a man is skiing-") and stems[4].startswith(stems[3] + "-")
@@ -183,8 +187,8 @@ def test_infer_refuses_bad_arguments_before_loading(tmp_path):
     (tmp_path / "text.npy").write_text("not an array")
     (tmp_path / "file").write_text("x")
     for args, message in (
-            (["--inv_latents", str(tmp_path / "text.npy")], "--inv_latents .*text.npy: not an array saved by infer.py"
-                                                            " or training .*not a .npy file"),
+            (["--inv_latents", str(tmp_path / "text.npy")],
+             "--inv_latents .*text.npy: not an array saved by infer.py or training .*not a .npy file"),
             (["--width", "100"], r"width 100 \(nearest that work: 96 or 104\)"),
             (["--video_length", "0"], "argument --video_length: 0 is below 1"),
             (["--output_dir", str(tmp_path / "file")], "--output_dir .* is a file"),

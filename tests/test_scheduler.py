@@ -44,7 +44,8 @@ def test_add_noise_and_velocity_equal_diffusers(rng):
     noise = rng.standard_normal(x.shape).astype(np.float32)
     t = np.array([0, 500, 999])
     tx, tn, tt = torch.from_numpy(x), torch.from_numpy(noise), torch.from_numpy(t)
-    np.testing.assert_allclose(ours.add_noise(x, noise, t), ref.add_noise(tx, tn, tt).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.add_noise(x, noise, t), ref.add_noise(tx, tn, tt).numpy(), rtol=1e-6,
+                               atol=1e-6)
     np.testing.assert_allclose(ours.get_velocity(x, noise, t), ref.get_velocity(tx, tn, tt).numpy(),
                                rtol=1e-6, atol=1e-6)
 

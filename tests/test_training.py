@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import BUNDLED_CLIP, DEMO_CONFIG, example_clip, rel_err
-from tuneavideo_ms import backend, tiny, training
+from tuneavideo_ms import runtime, tiny, training
 from tuneavideo_ms.config import load_config
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.weights import read_state_dict, state_dict
@@ -40,7 +40,8 @@ def four_steps(sd, tmp_path_factory):
     training.main(_config(sd, out, "max_train_steps=4", "gradient_checkpointing=True",
                           "validation_data.prompts=[a man is skiing]", "validation_data.video_length=2",
                           "validation_data.num_inv_steps=2", "validation_data.num_inference_steps=2",
-                          "validation_data.guidance_scale=1.0"))  # one denoiser graph for inversion and sampling
+                          # one denoiser graph for inversion and sampling
+                          "validation_data.guidance_scale=1.0"))
     ms.set_context(mode=ms.PYNATIVE_MODE)
     return out
 
@@ -58,12 +59,13 @@ def test_tuning_changes_only_trainable_tensors(sd, four_steps):
 
 def test_outputs_of_a_run(four_steps):
     names = sorted(os.listdir(four_steps))
-    assert names == ["checkpoint-2", "checkpoint-4", "config.yaml", "inv_latents", "samples", "train.log", "unet"]
+    assert names == ["checkpoint-2", "checkpoint-4", "config.yaml", "inv_latents", "samples", "train.log",
+                     "unet"]
     assert os.listdir(os.path.join(four_steps, "inv_latents")) == ["ddim_latent-4.npy"]
     samples = os.path.join(four_steps, "samples")
     assert sorted(os.listdir(samples)) == ["sample-4", "sample-4.gif"]
-    assert sorted(os.listdir(os.path.join(samples, "sample-4"))) == ["a man is skiing.gif", "a man is skiing.mp4",
-                                                                     "prompts.json"]
+    assert sorted(os.listdir(os.path.join(samples, "sample-4"))) == ["a man is skiing.gif",
+                                                                     "a man is skiing.mp4", "prompts.json"]
     log = open(os.path.join(four_steps, "train.log")).read()
     assert "step 4 loss" in log and "saved" in log
     assert load_config(os.path.join(four_steps, "config.yaml")).max_train_steps == 4
@@ -152,7 +154,8 @@ def test_bad_paths_fail_before_anything_is_written(sd, tmp_path):
     with pytest.raises(FileNotFoundError, match="resume_from_checkpoint: no checkpoint checkpoint-7"):
         training.main(_config(sd, str(out), "resume_from_checkpoint=checkpoint-7"))
     with pytest.raises(ValueError, match="has 16 frames"):  # the clip is read before anything is written
-        training.main(_config(sd, str(out), f"train_data.video_path={BUNDLED_CLIP}", "train_data.sample_start_idx=15"))
+        training.main(_config(sd, str(out), f"train_data.video_path={BUNDLED_CLIP}",
+                              "train_data.sample_start_idx=15"))
     with pytest.raises(ValueError, match=r"bf16 needs an Ascend device.*\(mixed_precision: fp16 or no\)"):
         training.main(_config(sd, str(out), "mixed_precision=bf16"))
     assert not out.exists()
@@ -168,9 +171,9 @@ def test_gradient_checkpointing_keeps_every_gradient(sd, monkeypatch):
     the tiny sizes would otherwise leave to the portable one. The plain
     backward runs in PyNative, the recomputed one compiled, as training runs
     it (one graph compile instead of two)."""
-    from tuneavideo_ms import backend
-    monkeypatch.setattr(backend, "FUSED_MIN_KEYS", 0)
-    monkeypatch.setattr(backend, "FUSED_MIN_SCORES", 0)
+    from tuneavideo_ms.runtime import attention
+    monkeypatch.setattr(attention, "FUSED_MIN_KEYS", 0)
+    monkeypatch.setattr(attention, "FUSED_MIN_SCORES", 0)
     rng = np.random.default_rng(0)
     sample = ms.Tensor(rng.standard_normal((1, 4, 3, 16, 16), dtype=np.float32))
     context = ms.Tensor(rng.standard_normal((1, 77, 32), dtype=np.float32))
@@ -210,7 +213,8 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="config needs train_data.prompt"):
         load_config(None, base[:3])
     for path in [os.path.join(REPO, "configs", f"{n}.yaml") for n in ("man-skiing", "man-surfing",
-                                                                     "rabbit-watermelon", "car-turn")] + [DEMO_CONFIG]:
+                                                                      "rabbit-watermelon",
+                                                                      "car-turn")] + [DEMO_CONFIG]:
         config = load_config(path)
         assert config.train_data.prompt
         # the example clips are inside the checkout (the demo's path is set by `python -m tuneavideo_ms`)
@@ -258,7 +262,7 @@ def test_adamw_equals_torch(rng, jit, kernel):
     ours = ms.Parameter(ms.Tensor(values), name="w")
     theirs = torch.nn.Parameter(torch.from_numpy(values.copy()))
     optimizer = AdamW([ours], weight_decay=0.05)
-    assert (optimizer.kernel is not None) == (backend.device() == "CPU")
+    assert (optimizer.kernel is not None) == (runtime.device() == "CPU")
     if not kernel:
         optimizer.kernel = None
     reference = torch.optim.AdamW([theirs], lr=0.1, weight_decay=0.05)
@@ -286,7 +290,8 @@ def test_gradient_accumulation_equals_the_larger_batch(rng):
     class Toy(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.weight = ms.Parameter(ms.Tensor(np.linspace(0.5, 1.5, 4, dtype=np.float32).reshape(1, 4, 1, 1, 1)),
+            self.weight = ms.Parameter(ms.Tensor(np.linspace(0.5, 1.5, 4, dtype=np.float32).reshape(1, 4, 1,
+                                                                                                    1, 1)),
                                        name="weight")
 
         def construct(self, x, t, context):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
-from torch_reference import SD1_CONFIG, SD2_CONFIG, VideoUNetOracle, assert_matches_torch, make_unet_2d, run_float64
-from tuneavideo_ms import backend
+from torch_reference import (SD1_CONFIG, SD2_CONFIG, VideoUNetOracle, assert_matches_torch, make_unet_2d,
+                             run_float64)
+from tuneavideo_ms.runtime import attention
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.weights import read_state_dict
 
@@ -80,8 +81,8 @@ def test_tuned_video_unet_equals_torch_oracle(tmp_path, rng, monkeypatch, config
     15x15 (72x88 and 120x120 pixels) are not divisible by the UNet's
     downsampling: its upsamplers meet the skip connections' sizes."""
     if fused_everywhere:
-        monkeypatch.setattr(backend, "FUSED_MIN_KEYS", 0)
-        monkeypatch.setattr(backend, "FUSED_MIN_SCORES", 0)
+        monkeypatch.setattr(attention, "FUSED_MIN_KEYS", 0)
+        monkeypatch.setattr(attention, "FUSED_MIN_SCORES", 0)
     frames = 3
     oracle = VideoUNetOracle(make_unet_2d(config, seed=1), frames).eval()
     oracle.save_original_format(tmp_path / "unet")

@@ -11,7 +11,6 @@ from safetensors.torch import save_file
 
 from conftest import rel_err
 from torch_reference import SD1_CONFIG, make_unet_2d
-from tuneavideo_ms import backend
 from tuneavideo_ms.models import UNet3DConditionModel
 from tuneavideo_ms.models.attention import PointwiseConv
 from tuneavideo_ms.models.resnet import InflatedConv3d
@@ -36,7 +35,8 @@ def _copy(src, dst):
 
 def test_bin_and_safetensors_read_as_torch_wrote_them(sd_unet):
     root, expected = sd_unet
-    for path in (root / "bin" / "diffusion_pytorch_model.bin", root / "st" / "diffusion_pytorch_model.safetensors"):
+    for path in (root / "bin" / "diffusion_pytorch_model.bin",
+                 root / "st" / "diffusion_pytorch_model.safetensors"):
         state = read_state_dict(path)
         assert state.keys() == expected.keys()
         for name, tensor in expected.items():
@@ -116,12 +116,12 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(sd_unet, tmp_path):
         UNet3DConditionModel.from_pretrained(str(root / "st"))
 
 
-def test_convolution_weights_have_checkpoint_shapes_in_either_layout(rng, monkeypatch):
+def test_convolution_weights_have_checkpoint_shapes_in_either_layout(rng, request):
     """The CPU convolution keeps its weight [out, in * k * k] (in a training
     graph the reshape of a 4-D Parameter is a copy kept until the backward);
     checkpoints hold [out, in, k, k] either way and move between the layouts."""
     fast = InflatedConv3d(4, 6, 3, padding=1)
-    monkeypatch.setitem(backend._state, "kernels", "portable")
+    request.getfixturevalue("portable_kernels")
     portable = InflatedConv3d(4, 6, 3, padding=1)
     assert fast.weight.shape == (6, 36) and portable.weight.shape == (6, 4, 3, 3)
     assert state_dict(fast)["weight"].shape == (6, 4, 3, 3)
@@ -176,7 +176,8 @@ def test_streaming_writers_match_mindspore_and_torch(tmp_path):
     refs = {k: TensorRef.of(v) for k, v in state.items()}
     # byte for byte what mindspore.save_checkpoint writes, and read back exactly
     write_mindspore_ckpt(tmp_path / "ours.ckpt", refs)
-    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(tmp_path / "ms.ckpt"))
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()],
+                       str(tmp_path / "ms.ckpt"))
     assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "ms.ckpt").read_bytes()
     back = read_state_dict(tmp_path / "ours.ckpt")
     assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
@@ -225,10 +226,12 @@ def test_tensor_metadata_is_checked_against_its_storage_and_file(tmp_path):
     overrun = _patched_bin(tmp_path, "overrun.bin", torch.zeros(n), {("BININT", n, 2): n + 1})
     with pytest.raises(WeightsError, match=r"reads past its storage of 70000 elements"):
         read_state_dict(overrun)
-    huge = _patched_bin(tmp_path, "huge.bin", torch.zeros(n), {("BININT", n, 2): 2 ** 31 - 1, ("BININT1", 1, 1): 0})
+    huge = _patched_bin(tmp_path, "huge.bin", torch.zeros(n),
+                        {("BININT", n, 2): 2 ** 31 - 1, ("BININT1", 1, 1): 0})
     with pytest.raises(WeightsError, match="more than the file holds"):
         read_state_dict(huge)
-    assert np.array_equal(read_state_dict(_patched_bin(tmp_path, "same.bin", torch.ones(n), {}))["w"], np.ones(n))
+    assert np.array_equal(read_state_dict(_patched_bin(tmp_path, "same.bin", torch.ones(n), {}))["w"],
+                          np.ones(n))
     write_safetensors(tmp_path / "w.safetensors", {"w": TensorRef.of(np.ones((4, 4), np.float32))})
     data = (tmp_path / "w.safetensors").read_bytes()
     (tmp_path / "short.safetensors").write_bytes(data.replace(b'"shape":[4,4]', b'"shape":[4,3]'))

@@ -75,7 +75,8 @@ class SparseCausalProcessor:
         former = [0] + list(range(self.f - 1))
         return torch.cat([x[:, [0] * self.f], x[:, former]], dim=2).reshape(bf, 2 * n, c)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 **kwargs):
         q = attn.to_q(hidden_states)
         k = self._context(attn.to_k(hidden_states))
         v = self._context(attn.to_v(hidden_states))
@@ -102,7 +103,9 @@ def _pool_over_frames(gn, video_length):
 def _temporal_hook(block, video_length):
     def hook(module, args, output):
         bf, d, c = output.shape
-        x = output.reshape(bf // video_length, video_length, d, c).permute(0, 2, 1, 3).reshape(-1, video_length, c)
+        x = output.reshape(bf // video_length, video_length, d, c).permute(0, 2, 1, 3).reshape(-1,
+                                                                                               video_length,
+                                                                                               c)
         x = module.attn_temp(module.norm_temp(x)) + x
         return x.reshape(bf // video_length, d, video_length, c).permute(0, 2, 1, 3).reshape(bf, d, c)
     block.register_forward_hook(hook)

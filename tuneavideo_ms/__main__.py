@@ -12,8 +12,9 @@ DEMO_CLIP = os.path.join(HERE, "assets", "man-skiing.mp4")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output_dir", default="outputs/demo")
+    parser = argparse.ArgumentParser(prog="python -m tuneavideo_ms", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/demo", help="where the run and its edited videos go")
     parser.add_argument("--model_dir", default="outputs/tiny-sd", help="where the tiny model is written")
     parser.add_argument("overrides", nargs="*", help="key=value settings over the demo's config")
     args = parser.parse_args()
@@ -30,7 +31,8 @@ def main():
                                        f"output_dir={os.path.abspath(args.output_dir)}", *args.overrides])
     output_dir = training.main(config)
     samples = os.path.join(output_dir, "samples")
-    print(f"\ndemo done: tuned UNet in {os.path.join(output_dir, 'unet')}; edited videos (GIF/MP4) in {samples}:")
+    print(f"\ndemo done: tuned UNet in {os.path.join(output_dir, 'unet')}; "
+          f"edited videos (GIF/MP4) in {samples}:")
     for root, _, files in sorted(os.walk(samples)):
         for name in sorted(files):
             print("  " + os.path.join(root, name))

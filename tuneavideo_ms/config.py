@@ -168,8 +168,8 @@ def check(c):
     _require(c.mixed_precision in MIXED_PRECISION, "mixed_precision", c.mixed_precision,
              " or ".join(MIXED_PRECISION))
     if c.use_8bit_adam:
-        raise ValueError("config key use_8bit_adam: use_8bit_adam is not available (bitsandbytes' 8-bit Adam is "
-                         "CUDA-only); set it to False")
+        raise ValueError("config key use_8bit_adam: use_8bit_adam is not available "
+                         "(bitsandbytes' 8-bit Adam is CUDA-only); set it to False")
     _require(c.seed is None or 0 <= c.seed < 2 ** 32, "seed", c.seed, "null or a whole number in [0, 2**32)")
     _require(c.mode in ("graph", "pynative"), "mode", c.mode, "graph or pynative")
     _require(c.device in (None, "Ascend", "GPU", "CPU"), "device", c.device, "null (the first available), "
@@ -193,9 +193,9 @@ def check(c):
         # sampling starts from the clip's inverted latents, which have the clip's frames and size
         for key, train_key in (("video_length", "n_sample_frames"), ("height", "height"), ("width", "width")):
             if v[key] != t[train_key]:
-                raise ValueError(f"config key validation_data.{key} is {v[key]}, but use_inv_latent samples from "
-                                 f"the inverted clip, which has train_data.{train_key} {t[train_key]}: make them "
-                                 "equal, or set validation_data.use_inv_latent=False")
+                raise ValueError(f"config key validation_data.{key} is {v[key]}, but use_inv_latent samples "
+                                 f"from the inverted clip, which has train_data.{train_key} {t[train_key]}: "
+                                 "make them equal, or set validation_data.use_inv_latent=False")
 
 
 def check_paths(c):
@@ -205,14 +205,15 @@ def check_paths(c):
         raise FileNotFoundError(f"config key train_data.video_path: video not found: {video}")
     model = c.pretrained_model_path
     if not os.path.isdir(model) and not is_hub_id(model):
-        raise FileNotFoundError(f"config key pretrained_model_path: {model} is not a folder (nor a Hub id such as "
-                                "CompVis/stable-diffusion-v1-4)")
+        raise FileNotFoundError(f"config key pretrained_model_path: {model} is not a folder "
+                                "(nor a Hub id such as CompVis/stable-diffusion-v1-4)")
     if os.path.exists(c.output_dir) and not os.path.isdir(c.output_dir):
-        raise NotADirectoryError(f"config key output_dir: {c.output_dir} is a file; output_dir must be a folder")
+        raise NotADirectoryError(f"config key output_dir: {c.output_dir} is a file; "
+                                 "output_dir must be a folder")
     resume = c.resume_from_checkpoint
     if resume not in (None, "latest") and resolve_checkpoint(c) is None:
-        raise FileNotFoundError(f"config key resume_from_checkpoint: no checkpoint {resume} (a folder, a name in "
-                                f"output_dir such as checkpoint-500, or latest)")
+        raise FileNotFoundError(f"config key resume_from_checkpoint: no checkpoint {resume} "
+                                "(a folder, a name in output_dir such as checkpoint-500, or latest)")
 
 
 def resolve_checkpoint(c):

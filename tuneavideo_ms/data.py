@@ -32,7 +32,8 @@ def _iter_frames(path):
         yield from (_read_image(f) for f in _frame_files(path))
         return
     if not path.lower().endswith(VIDEO_EXTENSIONS):
-        raise ValueError(f"{path}: unsupported video type (use {', '.join(VIDEO_EXTENSIONS)} or a folder of frames)")
+        raise ValueError(f"{path}: unsupported video type "
+                         f"(use {', '.join(VIDEO_EXTENSIONS)} or a folder of frames)")
     try:
         with imageio.get_reader(path) as reader:
             yield from reader
@@ -89,27 +90,12 @@ def check_frame_size(height, width, multiple=8):
 
 def read_video(video_path, n_sample_frames=8, width=512, height=512, sample_start_idx=0, sample_frame_rate=1,
                crop=None):
-    """Returns float32 pixels [n_sample_frames, 3, height, width] in [-1, 1]:
-    frames sample_start_idx, + sample_frame_rate, ... of the clip."""
+    """Returns float32 pixels [3, n_sample_frames, height, width] in [-1, 1], the clip layout the
+    pipeline encodes: frames sample_start_idx, + sample_frame_rate, ... of the clip."""
     check_frame_size(height, width)
     if n_sample_frames < 1 or sample_frame_rate < 1 or sample_start_idx < 0:
         raise ValueError("n_sample_frames and sample_frame_rate must be positive and sample_start_idx >= 0")
-    picked = _read_frames(video_path, [sample_start_idx + i * sample_frame_rate for i in range(n_sample_frames)])
+    picked = _read_frames(video_path,
+                          [sample_start_idx + i * sample_frame_rate for i in range(n_sample_frames)])
     video = np.stack([_resize(_rgb(f), width, height, crop) for f in picked])
-    return (video.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
-
-
-class TuneAVideoDataset:
-    """The original's dataset: one clip and its prompt (`prompt_ids` tokenized on request)."""
-
-    def __init__(self, video_path, prompt, width=512, height=512, n_sample_frames=8, sample_start_idx=0,
-                 sample_frame_rate=1, crop=None):
-        self.video_path, self.prompt = video_path, prompt
-        self.kwargs = dict(n_sample_frames=n_sample_frames, width=width, height=height,
-                           sample_start_idx=sample_start_idx, sample_frame_rate=sample_frame_rate, crop=crop)
-
-    def __len__(self):
-        return 1
-
-    def __getitem__(self, index):
-        return {"pixel_values": read_video(self.video_path, **self.kwargs), "prompt": self.prompt}
+    return video.transpose(3, 0, 1, 2).astype(np.float32) / 127.5 - 1.0

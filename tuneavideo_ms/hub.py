@@ -5,9 +5,11 @@ import logging
 import os
 import re
 
+from .layout import COMPONENTS
+
 logger = logging.getLogger(__name__)
 # what the pipeline reads; the Hub's SD repos also hold single-file checkpoints and other frameworks' weights
-DOWNLOAD = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+DOWNLOAD = ["model_index.json"] + [f"{name}/*" for name in COMPONENTS]
 SKIPPED = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.pb", "*non_ema*"]
 
 
@@ -17,7 +19,8 @@ def is_hub_id(path):
 
 def _offline():
     from huggingface_hub import constants
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES",
+                                                                                        "TRUE")
 
 
 def resolve(path):
@@ -27,8 +30,8 @@ def resolve(path):
     path = os.fspath(path)
     if os.path.exists(path) or not is_hub_id(path):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"model folder not found: {path} (a Stable Diffusion folder, or a Hub id such "
-                                    "as CompVis/stable-diffusion-v1-4)")
+            raise FileNotFoundError(f"model folder not found: {path} (a Stable Diffusion folder, "
+                                    "or a Hub id such as CompVis/stable-diffusion-v1-4)")
         return path
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -38,8 +41,9 @@ def resolve(path):
         return snapshot_download(path, cache_dir=cache, local_files_only=True)
     except LocalEntryNotFoundError:
         pass
-    advice = (f"{path} is neither a folder nor a model in the Hugging Face cache ({cache}); on a machine with "
-              f"network run `huggingface-cli download {path}` (HF_HUB_CACHE chooses the cache), or pass a folder")
+    advice = (f"{path} is neither a folder nor a model in the Hugging Face cache ({cache}); "
+              f"on a machine with network run `huggingface-cli download {path}` "
+              "(HF_HUB_CACHE chooses the cache), or pass a folder")
     if _offline():
         raise FileNotFoundError(advice + " (HF_HUB_OFFLINE is set)")
     logger.info("downloading %s from the Hugging Face Hub into %s", path, cache)

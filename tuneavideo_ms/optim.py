@@ -10,23 +10,23 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-from tuneavideo_ms import backend, cpu_kernels
+from tuneavideo_ms import runtime
 
 
 # Per-parameter work goes through HyperMap: a graph that builds a list over a
 # tuple of N tensors (a loop or comprehension) compiles in O(N^2) in MindSpore
-# 2.10 (a sum over 112 gradients: 3.0 s; 224: 9.9 s; HyperMap: 0.2 s)
+# 2.10; HyperMap in O(N)
 hyper_map = ops.HyperMap()
 
 
-def _adamw_update(betas, one_minus_betas, eps, decay, step_size, inv_bias_correction2_sqrt, update, p, m, v, g):
+def _adamw_update(betas, one_minus_betas, eps, decay, step_size, inv_bias_correction2_sqrt, update, p, m, v,
+                  g):
     g = g.astype(ms.float32)
     m_new = betas[0] * m + one_minus_betas[0] * g
     v_new = betas[1] * v + one_minus_betas[1] * g * g
     # products with reciprocals, and a condition of the tensors' shape:
-    # MindSpore 2.10's CPU Div (about 4.5x) and Select of a scalar
-    # condition (about 6x) hold that multiple of the tensor's size for as
-    # long as the graph lives (SD 1.5's 74 M trainable values: over 10 GB)
+    # MindSpore 2.10's CPU Div and Select of a scalar condition hold several
+    # times the tensor's size for as long as the graph lives
     denom = ops.sqrt(v_new) * inv_bias_correction2_sqrt + eps
     p_new = p * decay - step_size * m_new * ops.reciprocal(denom)
     keep = ops.broadcast_to(update, p.shape)
@@ -37,7 +37,7 @@ def _adamw_update(betas, one_minus_betas, eps, decay, step_size, inv_bias_correc
 
 
 def _adamw_kernel_update(kernel, hyper, p, m, v, g):
-    """_adamw_update as one C++ kernel (cpu_kernels.adamw_op)."""
+    """_adamw_update as one C++ kernel (runtime.cpu_kernels.adamw_op)."""
     p_new, m_new, v_new = kernel(p, m, v, g.astype(ms.float32), hyper)
     ops.assign(m, m_new)
     ops.assign(v, v_new)
@@ -61,7 +61,7 @@ class AdamW(nn.Cell):
         # takes the constants above as the head of its hyper-parameter tensor
         self.kernel = None
         if all(p.dtype == ms.float32 for p in self.parameters):
-            self.kernel = backend.cpu_kernel(cpu_kernels.adamw_op)
+            self.kernel = runtime.kernels().native("adamw")
             self.constants = Tensor(np.array([self.betas[0], self.one_minus_betas[0], self.betas[1],
                                               self.one_minus_betas[1], eps], np.float32))
 
@@ -112,7 +112,8 @@ def lr_lambda(name, warmup_steps, total_steps):
         "constant": lambda s: 1.0,
         "constant_with_warmup": lambda s: warmup(s) if s < warmup_steps else 1.0,
         "linear": lambda s: warmup(s) if s < warmup_steps else max(0.0, 1 - progress(s)),
-        "cosine": lambda s: warmup(s) if s < warmup_steps else max(0.0, 0.5 * (1 + math.cos(math.pi * progress(s)))),
+        "cosine": lambda s: (warmup(s) if s < warmup_steps
+                             else max(0.0, 0.5 * (1 + math.cos(math.pi * progress(s))))),
     }
     if name not in schedules:
         raise ValueError(f"unknown lr_scheduler {name!r}; choose one of {', '.join(schedules)}")

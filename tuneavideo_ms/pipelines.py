@@ -2,6 +2,7 @@
 import logging
 import os
 from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import mindspore as ms
 import numpy as np
@@ -10,15 +11,15 @@ from tqdm.auto import tqdm
 
 from . import hub
 from .data import check_frame_size
-from .graph_cache import CachedCompile
+from .layout import COMPONENTS
 from .models import UNet3DConditionModel
 from .models.modeling import read_config
 from .models.text_encoder import CLIPTextModel
 from .models.vae import AutoencoderKL
+from .runtime.compile_cache import CachedCompile
 from .schedulers import DDIMScheduler
 
 logger = logging.getLogger(__name__)
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class GuidedDenoiser(CachedCompile, nn.Cell):
     compiled once per shape (or loaded from the compile cache) and reused
     across steps, prompts and videos (the timestep and guidance scale are
     tensor inputs, not constants)."""
+
+    graph_name = "the denoiser (UNet and guidance)"
 
     def __init__(self, unet, guided):
         super().__init__()
@@ -47,7 +50,8 @@ class GuidedDenoiser(CachedCompile, nn.Cell):
 
 
 def _log_unused_components(root):
-    """Says once which components of model_index.json (the safety checker, its feature extractor) go unused."""
+    """Says once which components of model_index.json (the safety checker, its feature extractor) go
+    unused."""
     if not os.path.isfile(os.path.join(root, "model_index.json")):
         return
     index = read_config(root, "model_index.json")
@@ -57,7 +61,8 @@ def _log_unused_components(root):
         logger.info("%s: not loading %s (not used for video editing)", root, ", ".join(unused))
 
 
-def _tensor(x):
+def as_tensor(x):
+    """A float32 MindSpore tensor of an array (a tensor passes as it is)."""
     return x if isinstance(x, ms.Tensor) else ms.Tensor(np.asarray(x, np.float32))
 
 
@@ -70,8 +75,10 @@ class TuneAVideoPipeline:
         self._denoisers = {}
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_path, unet=None, vae=None, text_encoder=None, tokenizer=None,
-                        scheduler=None, vae_batch_size=4, variant=None):
+    def from_pretrained(cls, pretrained_model_path: str, unet: Optional[UNet3DConditionModel] = None,
+                        vae: Optional[AutoencoderKL] = None, text_encoder: Optional[CLIPTextModel] = None,
+                        tokenizer=None, scheduler: Optional[DDIMScheduler] = None, vae_batch_size: int = 4,
+                        variant: Optional[str] = None) -> "TuneAVideoPipeline":
         """Loads the components not given from a Stable Diffusion folder (diffusers layout) or Hub id;
         `variant` ("fp16") picks diffusers' variant weight files."""
         root = hub.resolve(pretrained_model_path)
@@ -80,15 +87,17 @@ class TuneAVideoPipeline:
         def folder(name):
             path = os.path.join(root, name)
             if not os.path.isdir(path):
-                raise FileNotFoundError(f"{pretrained_model_path} has no {name}/ folder (a Stable Diffusion folder "
-                                        f"holds {', '.join(COMPONENTS)})")
+                raise FileNotFoundError(f"{pretrained_model_path} has no {name}/ folder "
+                                        f"(a Stable Diffusion folder holds {', '.join(COMPONENTS)})")
             return path
 
         if unet is None:
             config = read_config(folder("unet"))
             inflated = config.get("_class_name") == "UNet3DConditionModel"
-            load = UNet3DConditionModel.from_pretrained if inflated else UNet3DConditionModel.from_pretrained_2d
-            unet = load(folder("unet"), variant=variant)
+            if inflated:
+                unet = UNet3DConditionModel.from_pretrained(folder("unet"), variant=variant)
+            else:
+                unet = UNet3DConditionModel.from_pretrained_2d(folder("unet"), variant=variant)
         if vae is None:
             vae = AutoencoderKL.from_pretrained(folder("vae"), variant=variant)
         if text_encoder is None:
@@ -102,7 +111,7 @@ class TuneAVideoPipeline:
 
     # ------------------------------------------------------------------------- text
 
-    def encode_prompt(self, prompt):
+    def encode_prompt(self, prompt: Union[str, Sequence[str]]) -> ms.Tensor:
         """Text embeddings [len(prompts), tokens, width] for a prompt or a list of them."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -119,7 +128,8 @@ class TuneAVideoPipeline:
             return tuple(ops.concat(parts, 0) for parts in zip(*outputs))
         return ops.concat(outputs, 0)
 
-    def encode_video(self, pixels, deterministic=True, seed=None):
+    def encode_video(self, pixels: Union[np.ndarray, ms.Tensor], deterministic: bool = True,
+                     seed: Optional[int] = None) -> ms.Tensor:
         """Pixels [b, 3, f, H, W] in [-1, 1] -> scaled latents [b, 4, f, H/8, W/8]
         (the posterior mean when deterministic, a sample otherwise)."""
         mean, std = self.encode_posterior(pixels)
@@ -130,7 +140,7 @@ class TuneAVideoPipeline:
 
     def encode_posterior(self, pixels):
         """The VAE posterior (mean, std) of each frame, unscaled, each [b, 4, f, h, w]."""
-        pixels = _tensor(pixels)
+        pixels = as_tensor(pixels)
         if pixels.ndim != 5 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be [batch, 3, frames, height, width], got {tuple(pixels.shape)}")
         b, _, f, h, w = pixels.shape
@@ -142,7 +152,7 @@ class TuneAVideoPipeline:
 
     def decode_latents(self, latents):
         """Scaled latents [b, 4, f, h, w] -> numpy float32 video [b, 3, f, H, W] in [0, 1]."""
-        latents = _tensor(latents) / self.vae.config.scaling_factor
+        latents = as_tensor(latents) / self.vae.config.scaling_factor
         b, c, f, h, w = latents.shape
         frames = latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
         video = self._frames_in_chunks(self.vae.decode, frames)
@@ -156,20 +166,24 @@ class TuneAVideoPipeline:
         """The model output at `timestep`; with guidance_scale > 1, `context` is
         [unconditional; conditional] and the two run in one batched UNet call."""
         guided = guidance_scale > 1.0
-        latents = _tensor(latents)
+        latents = as_tensor(latents)
         self.unet._check_inputs(latents, context, None)
         if guided not in self._denoisers:
             self._denoisers[guided] = GuidedDenoiser(self.unet, guided)
         t = ms.Tensor(np.array([timestep], np.float32))
         return self._denoisers[guided](latents, t, context, ms.Tensor(np.float32(guidance_scale)))
 
-    def __call__(self, prompt, video_length=8, height=None, width=None, num_inference_steps=50, guidance_scale=7.5,
-                 negative_prompt=None, num_videos_per_prompt=1, eta=0.0, latents=None, seed=None):
+    def __call__(self, prompt: Union[str, Sequence[str]], video_length: int = 8, height: Optional[int] = None,
+                 width: Optional[int] = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 negative_prompt: Union[str, Sequence[str], None] = None, num_videos_per_prompt: int = 1,
+                 eta: float = 0.0, latents: Union[np.ndarray, ms.Tensor, None] = None,
+                 seed: Optional[int] = None) -> TuneAVideoPipelineOutput:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if negative_prompt is None:
             negatives = [""] * len(prompts)
         else:
-            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt,
+                                                                       str) else list(negative_prompt)
         if len(negatives) != len(prompts):
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -189,17 +203,19 @@ class TuneAVideoPipeline:
         for t in tqdm(self.scheduler.timesteps, desc="DDIM sampling"):
             noise_pred = self.denoise(latents, int(t), context, guidance_scale)
             noise = ms.Tensor(rng.standard_normal(shape).astype(np.float32)) if eta > 0 else None
-            latents = self.scheduler.step(noise_pred, int(t), latents, eta=eta, variance_noise=noise).prev_sample
+            latents = self.scheduler.step(noise_pred, int(t), latents, eta=eta,
+                                          variance_noise=noise).prev_sample
         return TuneAVideoPipelineOutput(videos=self.decode_latents(latents))
 
     @staticmethod
     def _initial_latents(latents, shape, rng):
         if latents is None:
             return ms.Tensor(rng.standard_normal(shape).astype(np.float32))
-        latents = _tensor(latents)
+        latents = as_tensor(latents)
         if tuple(latents.shape) == shape:
             return latents
         if latents.shape[0] == 1 and tuple(latents.shape[1:]) == shape[1:]:
             # one inverted clip edited with several prompts
             return ops.broadcast_to(latents, shape)
-        raise ValueError(f"latents have shape {tuple(latents.shape)}; video_length, height and width ask for {shape}")
+        raise ValueError(f"latents have shape {tuple(latents.shape)}; "
+                         f"video_length, height and width ask for {shape}")

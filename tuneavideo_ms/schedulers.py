@@ -4,10 +4,11 @@ MindSpore tensors and numpy arrays alike."""
 import logging
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-from .models.modeling import model_folder, read_config
+from .models.modeling import build_config, model_folder, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +53,23 @@ def _rescale_zero_terminal_snr(betas):
     return (1 - alphas).astype(np.float32)
 
 
-class DDIMScheduler:
-    order = 1
-    init_noise_sigma = 1.0
+def noisy_sample(sample, noise, sqrt_alpha, sqrt_one_minus_alpha):
+    """x_t = sqrt(alpha_t) x0 + sqrt(1 - alpha_t) noise (numpy arrays, or tensors inside a graph)."""
+    return sqrt_alpha * sample + sqrt_one_minus_alpha * noise
 
+
+def velocity(sample, noise, sqrt_alpha, sqrt_one_minus_alpha):
+    """The v-prediction target, sqrt(alpha_t) noise - sqrt(1 - alpha_t) x0."""
+    return sqrt_alpha * noise - sqrt_one_minus_alpha * sample
+
+
+class DDIMScheduler:
     def __init__(self, **config):
         kind = config.get("_class_name", "DDIMScheduler")
         if kind != "DDIMScheduler":
             logger.info("DDIM takes the noise schedule of a %s config", kind)
             config = {k: v for k, v in config.items() if k in ORIGINAL_FIELDS}
-        unknown = sorted(k for k in config if k not in DEFAULTS and k not in IGNORED and not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"unknown DDIM scheduler fields: {', '.join(unknown)}")
-        c = dict(DEFAULTS)
-        c.update({k: v for k, v in config.items() if k in DEFAULTS})
+        c = build_config("DDIM scheduler", DEFAULTS, config, IGNORED)
         if c["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {c['prediction_type']!r} "
                              "(epsilon, v_prediction or sample)")
@@ -86,7 +90,7 @@ class DDIMScheduler:
         return cls(**dict(config))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_path, subfolder=None):
+    def from_pretrained(cls, pretrained_model_path: str, subfolder: Optional[str] = None) -> "DDIMScheduler":
         """A DDIM scheduler from a scheduler folder (or Hub id); another scheduler's config (PNDM, Euler,
         LMS, ...) gives its noise schedule, as in the original."""
         return cls(**read_config(model_folder(pretrained_model_path, subfolder), "scheduler_config.json"))
@@ -110,7 +114,7 @@ class DDIMScheduler:
     def alpha_at(self, timestep):
         return float(self.alphas_cumprod[timestep]) if timestep >= 0 else self.final_alpha_cumprod
 
-    def to_epsilon_and_sample(self, model_output, sample, timestep):
+    def predicted_sample_and_noise(self, model_output, sample, timestep):
         """(predicted x0, predicted noise) from the model's output at `timestep`, whatever it predicts."""
         alpha = self.alpha_at(timestep)
         a, b = alpha ** 0.5, (1 - alpha) ** 0.5
@@ -121,11 +125,12 @@ class DDIMScheduler:
             return model_output, (sample - a * model_output) / b
         return a * sample - b * model_output, a * model_output + b * sample
 
-    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, variance_noise=None):
+    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
+             variance_noise=None):
         timestep = int(timestep)
         prev_timestep = timestep - self.config["num_train_timesteps"] // self.num_inference_steps
         alpha_t, alpha_prev = self.alpha_at(timestep), self.alpha_at(prev_timestep)
-        pred_x0, pred_eps = self.to_epsilon_and_sample(model_output, sample, timestep)
+        pred_x0, pred_eps = self.predicted_sample_and_noise(model_output, sample, timestep)
         if self.config["clip_sample"]:
             r = self.config["clip_sample_range"]
             pred_x0 = pred_x0.clip(-r, r)
@@ -141,13 +146,12 @@ class DDIMScheduler:
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
 
     def add_noise(self, original_samples, noise, timesteps):
-        """x_t = sqrt(alpha_t) x0 + sqrt(1 - alpha_t) noise, per sample."""
         a = self._per_sample(timesteps, original_samples.ndim)
-        return a ** 0.5 * original_samples + (1 - a) ** 0.5 * noise
+        return noisy_sample(original_samples, noise, a ** 0.5, (1 - a) ** 0.5)
 
     def get_velocity(self, sample, noise, timesteps):
         a = self._per_sample(timesteps, sample.ndim)
-        return a ** 0.5 * noise - (1 - a) ** 0.5 * sample
+        return velocity(sample, noise, a ** 0.5, (1 - a) ** 0.5)
 
     def _per_sample(self, timesteps, ndim):
         a = self.alphas_cumprod[np.asarray(timesteps, np.int64).reshape(-1)]

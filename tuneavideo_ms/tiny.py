@@ -9,13 +9,15 @@ import mindspore as ms
 import numpy as np
 
 from .atomic import atomic_dir
+from .layout import model_index, write_json
 from .weights import save_safetensors, state_dict
 
 UNET_CONFIG = dict(
     sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 32, 64, 64], layers_per_block=2,
     down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32,
+    mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=32, attention_head_dim=4,
+    norm_num_groups=32,
 )
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[32, 32, 64, 64], layers_per_block=2,
@@ -40,7 +42,8 @@ SCHEDULER_CONFIG = dict(
 
 def _bytes_to_unicode():
     """CLIP's (and GPT-2's) reversible map from bytes to printable characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"),
+                                                                                                ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -74,8 +77,7 @@ def write_tokenizer(folder):
 
 def _write_model(folder, config, state, weight_name):
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+    write_json(os.path.join(folder, "config.json"), config)
     save_safetensors(os.path.join(folder, weight_name), state)
 
 
@@ -98,11 +100,6 @@ def build_tiny_sd(path, seed=0, overwrite=False):
                      state_dict(CLIPTextModel(**TEXT_ENCODER_CONFIG)), "model.safetensors")
         write_tokenizer(os.path.join(tmp, "tokenizer"))
         os.makedirs(os.path.join(tmp, "scheduler"))
-        with open(os.path.join(tmp, "scheduler", "scheduler_config.json"), "w") as f:
-            json.dump(SCHEDULER_CONFIG, f, indent=2)
-        index = {"_class_name": "TuneAVideoPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-                 "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-                 "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"]}
-        with open(os.path.join(tmp, "model_index.json"), "w") as f:
-            json.dump(index, f, indent=2)
+        write_json(os.path.join(tmp, "scheduler", "scheduler_config.json"), SCHEDULER_CONFIG)
+        write_json(os.path.join(tmp, "model_index.json"), model_index("TuneAVideoPipeline"))
     return path

@@ -16,10 +16,11 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import backend, graph_cache
+from . import runtime
 from .atomic import atomic_dir, atomic_file
 from .config import check_paths, resolve_checkpoint
 from .data import read_video
@@ -29,6 +30,9 @@ from .models.attention import Transformer3DModel
 from .models.resnet import ResnetBlock3D
 from .optim import AdamW, hyper_map, lr_lambda
 from .pipelines import TuneAVideoPipeline
+from .runtime.attention import make_recomputable
+from .runtime.compile_cache import CachedCompile
+from .schedulers import noisy_sample, velocity
 from .weights import read_state_dict, save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -47,7 +51,8 @@ def trainable_parameters(unet, trainable_modules):
         if param.requires_grad:
             params.append(param)
     if not params:
-        raise ValueError(f"no UNet parameter name contains any of trainable_modules {list(trainable_modules)}")
+        raise ValueError("no UNet parameter name contains any of trainable_modules "
+                         f"{list(trainable_modules)}")
     return params
 
 
@@ -56,13 +61,7 @@ def enable_gradient_checkpointing(unet):
     Unlike torch's reentrant checkpoint (which the original uses, and which
     drops the gradients of parameters inside blocks whose inputs need no
     gradient), recompute gives every trainable parameter its gradient."""
-    for _, cell in unet.cells_and_names():
-        if isinstance(cell, backend.MemoryEfficientAttention):
-            # MindSpore 2.10 finds a graph cycle in a cell's custom bprop inside
-            # a recomputed cell (the fused C++ kernel, a custom operator, has
-            # none); recomputed, the blocks' probabilities live only during
-            # their transformer block's backward anyway
-            cell.core = backend.BlockwiseSoftmaxAttention(cell.core.block)
+    make_recomputable(unet)
     for _, cell in unet.cells_and_names():
         if isinstance(cell, (Transformer3DModel, ResnetBlock3D)):
             cell.recompute()
@@ -83,8 +82,8 @@ def draw_batch(seed, step, sample_indices, latent_shape, num_train_timesteps):
 def clip_grad_norm(grads, max_norm):
     """torch.nn.utils.clip_grad_norm_'s rule: scale by max_norm / (norm + 1e-6)
     when that is below 1. ops.clip_by_global_norm has no 1e-6 and divides every
-    gradient, and MindSpore 2.10's CPU Div holds about 4.5x its output for as
-    long as the graph lives."""
+    gradient, and MindSpore 2.10's CPU Div holds several times its output for
+    as long as the graph lives."""
     norm = ops.sqrt(ops.addn(hyper_map(_square_sum, grads)))
     scale = ops.minimum(max_norm / (norm + 1e-6), 1.0)
     return hyper_map(ops.partial(_scale, scale), grads)
@@ -98,7 +97,7 @@ def _scale(factor, g):
     return g * factor.astype(g.dtype)
 
 
-class TrainStep(graph_cache.CachedCompile, nn.Cell):
+class TrainStep(CachedCompile, nn.Cell):
     """The numerics of one optimizer step as one compiled graph (in graph
     mode): loss and gradients over the micro-batches, the gradient check,
     clipping and AdamW. When the gradients are not finite (an fp16 overflow)
@@ -110,7 +109,10 @@ class TrainStep(graph_cache.CachedCompile, nn.Cell):
     cell (loaded from the cache, a jitted method of a plain object read none
     of them: wrong losses, no update)."""
 
-    def __init__(self, unet, params, optimizer, prediction_type, scaling_factor, max_grad_norm, grad_reducer=None):
+    graph_name = "the training step"
+
+    def __init__(self, unet, params, optimizer, prediction_type, scaling_factor, max_grad_norm,
+                 grad_reducer=None):
         super().__init__(auto_prefix=False)  # the parameters keep their names (checkpoints go by them)
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"cannot train a {prediction_type!r} model (epsilon or v_prediction)")
@@ -120,25 +122,26 @@ class TrainStep(graph_cache.CachedCompile, nn.Cell):
         self.grad_reducer = grad_reducer
         self.grad_fn = ms.value_and_grad(self.loss, None, params, has_aux=True)
 
-    def loss(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale):
+    def loss(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context,
+             loss_scale):
         latents = (mean + std * vae_noise) * self.scaling_factor
-        noisy = sqrt_alpha * latents + sqrt_one_minus_alpha * noise
-        target = sqrt_alpha * noise - sqrt_one_minus_alpha * latents if self.v_prediction else noise
+        noisy = noisy_sample(latents, noise, sqrt_alpha, sqrt_one_minus_alpha)
+        target = velocity(latents, noise, sqrt_alpha, sqrt_one_minus_alpha) if self.v_prediction else noise
         b = noisy.shape[0]
         context = ops.broadcast_to(context, (b, context.shape[1], context.shape[2]))
         pred = self.unet(noisy, timesteps, context).astype(ms.float32)
         loss = ((pred - target) ** 2).mean()
         return loss * loss_scale, loss
 
-    def construct(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context, loss_scale,
-                  lr):
+    def construct(self, mean, std, vae_noise, noise, sqrt_alpha, sqrt_one_minus_alpha, timesteps, context,
+                  loss_scale, lr):
         """Inputs other than mean, std, context, loss_scale and lr carry a
         leading micro-batch axis; gradients are averaged over micro-batches."""
         micro_batches = vae_noise.shape[0]
         total, grads = 0.0, None
         for k in range(micro_batches):
-            (_, loss), g = self.grad_fn(mean, std, vae_noise[k], noise[k], sqrt_alpha[k], sqrt_one_minus_alpha[k],
-                                        timesteps[k], context, loss_scale)
+            (_, loss), g = self.grad_fn(mean, std, vae_noise[k], noise[k], sqrt_alpha[k],
+                                        sqrt_one_minus_alpha[k], timesteps[k], context, loss_scale)
             total = total + loss
             grads = g if grads is None else hyper_map(ops.add, grads, g)
         grads = hyper_map(ops.partial(_scale, 1.0 / (loss_scale * micro_batches)), grads)
@@ -270,7 +273,7 @@ def _shared_seed(seed, rank, world_size):
     return int(halves[0]) << 16 | int(halves[1])
 
 
-def main(config):
+def main(config: DictConfig) -> str:
     """Tunes a video UNet as `config` (see config.py) says, data-parallel over
     msrun's workers when launched by msrun; returns the output folder. Only
     worker 0 writes checkpoints, validation samples, the tuned UNet and train.log.
@@ -280,16 +283,18 @@ def main(config):
     pixels = read_video(c.train_data.video_path, c.train_data.n_sample_frames, c.train_data.width,
                         c.train_data.height, c.train_data.sample_start_idx, c.train_data.sample_frame_rate,
                         c.train_data.crop)
-    backend.setup(c.device, c.mode)
+    runtime.setup(c.device, c.mode)
     if c.mixed_precision == "bf16":
-        backend.check_dtype(ms.bfloat16)
+        runtime.check_dtype(ms.bfloat16)
     rank, world_size = data_parallel()
     os.makedirs(c.output_dir, exist_ok=True)
     handler = _log_to_file(os.path.join(c.output_dir, "train.log")) if rank == 0 else None
     try:
-        return _train(c, pixels, rank, world_size)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            return _train(c, pixels, rank, world_size)
     except BaseException as e:
-        logger.error("the run stopped: %s: %s", type(e).__name__, e, exc_info=not isinstance(e, KeyboardInterrupt))
+        logger.error("the run stopped: %s: %s", type(e).__name__, e,
+                     exc_info=not isinstance(e, KeyboardInterrupt))
         raise
     finally:
         if handler is not None:
@@ -305,7 +310,7 @@ def _train(c, pixels, rank, world_size):
     noise_scheduler = pipe.scheduler  # training reads only its noise schedule, which sampling never changes
 
     # the frozen parts run once: the clip's posterior and the prompt's embedding
-    mean, std = pipe.encode_posterior(pixels.transpose(1, 0, 2, 3)[None])
+    mean, std = pipe.encode_posterior(pixels[None])
     context = pipe.encode_prompt(c.train_data.prompt)
     latent_shape = tuple(mean.shape[1:])
 
@@ -327,7 +332,8 @@ def _train(c, pixels, rank, world_size):
 
     step = 0
     if c.resume_from_checkpoint:
-        path = latest_checkpoint(c.output_dir) if c.resume_from_checkpoint == "latest" else resolve_checkpoint(c)
+        latest = c.resume_from_checkpoint == "latest"
+        path = latest_checkpoint(c.output_dir) if latest else resolve_checkpoint(c)
         if path is None:
             logger.info("no checkpoint in %s; starting a new run", c.output_dir)
         else:
@@ -376,17 +382,20 @@ def _train(c, pixels, rank, world_size):
         if c.validation_data.prompts and (step % c.validation_steps == 0 or step == c.max_train_steps):
             start = time.time()
             try:
-                validate(pipe, mean * pipe.vae.config.scaling_factor, c.validation_data, c.output_dir, step, seed)
+                validate(pipe, mean * pipe.vae.config.scaling_factor, c.validation_data, c.output_dir, step,
+                         seed)
             except Exception:  # noqa: BLE001 - whatever breaks in sampling, the run and its weights go on
                 logger.exception("validation at step %d failed; training goes on", step)
                 failed_validations.append(step)
             else:
                 logger.info("validation at step %d took %.1f s", step, time.time() - start)
+            bar.unpause()  # the steps' rate leaves the validation's time out
     bar.close()
     if rank == 0 and not os.path.isdir(os.path.join(c.output_dir, "unet")):
         save_tuned(c, unet, seed)  # a run resumed at its last step
     if failed_validations:
-        logger.warning("validation failed at step %s (the tracebacks are in train.log); the tuned UNet is in %s",
+        logger.warning("validation failed at step %s (the tracebacks are in train.log); "
+                       "the tuned UNet is in %s",
                        ", ".join(map(str, failed_validations)), os.path.join(c.output_dir, "unet"))
     return c.output_dir
 

@@ -69,7 +69,8 @@ def _check_fits(path, name, numel, dtype):
     """Refuses a tensor larger than its file before anything is allocated for it."""
     nbytes = numel * _itemsize(dtype)
     if nbytes > os.path.getsize(path):
-        raise WeightsError(f"{path}: corrupt file: tensor {name!r} claims {nbytes} bytes, more than the file holds")
+        raise WeightsError(f"{path}: corrupt file: tensor {name!r} claims {nbytes} bytes, "
+                           "more than the file holds")
     return nbytes
 
 
@@ -154,8 +155,8 @@ def _index_safetensors(path):
                                f"data has {data_size}")
         nbytes = _numel(shape) * _itemsize(dtype)
         if end - begin != nbytes:
-            raise WeightsError(f"{path}: corrupt safetensors header: tensor {name!r} has {end - begin} bytes for "
-                               f"{dtype} of shape {shape} ({nbytes} needed)")
+            raise WeightsError(f"{path}: corrupt safetensors header: tensor {name!r} has {end - begin} "
+                               f"bytes for {dtype} of shape {shape} ({nbytes} needed)")
 
         def load(begin=begin, end=end, dtype=dtype, shape=shape):
             return _from_raw(_read_range(path, 8 + n + begin, end - begin), dtype, shape)
@@ -179,7 +180,8 @@ def _write_tensor(f, ref, dtype):
                         raise
                     break
                 if n == 0:
-                    raise WeightsError(f"{path}: truncated file (a tensor at byte {offset} needs {count} bytes)")
+                    raise WeightsError(f"{path}: truncated file "
+                                       f"(a tensor at byte {offset} needs {count} bytes)")
                 done += n
             if done == count:
                 return
@@ -197,7 +199,8 @@ def write_safetensors(path, refs, dtype=None, on_tensor=None):
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, ref in refs.items():
         nbytes = int(np.prod(ref.shape, dtype=np.int64)) * _itemsize(out[name])
-        header[name] = {"dtype": out[name], "shape": list(ref.shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": out[name], "shape": list(ref.shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
@@ -344,9 +347,9 @@ def _index_mindspore_ckpt(path):
 
 # ----------------------------------------------------------------------------- PyTorch pickles
 
-_TORCH_STORAGES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
-                   "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
-                   "ByteStorage": "U8", "BoolStorage": "BOOL"}
+_TORCH_STORAGES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16",
+                   "DoubleStorage": "F64", "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16",
+                   "CharStorage": "I8", "ByteStorage": "U8", "BoolStorage": "BOOL"}
 
 
 class _StorageType:
@@ -375,8 +378,8 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     size = _shape(size, storage.path, "a tensor")
     stride = _shape(stride, storage.path, "a tensor's stride")
     if len(stride) != len(size) or type(storage_offset) is not int or storage_offset < 0:
-        raise WeightsError(f"{storage.path}: corrupt file: tensor of size {size} with stride {stride} and offset "
-                           f"{storage_offset!r}")
+        raise WeightsError(f"{storage.path}: corrupt file: tensor of size {size} with stride {stride} "
+                           f"and offset {storage_offset!r}")
     numel = _numel(size)
     # the last element the view reads must lie inside the storage, and the copy inside the file's size
     last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else 0
@@ -469,7 +472,8 @@ def _index_torch_zip(path):
             raise WeightsError(f"{path}: corrupt or truncated PyTorch file (no record {key})") from None
         # torch stores records uncompressed; a compressed one could claim any size
         if info.compress_type != zipfile.ZIP_STORED or info.file_size > os.path.getsize(path):
-            raise WeightsError(f"{path}: corrupt PyTorch file (record {key} is compressed or larger than the file)")
+            raise WeightsError(f"{path}: corrupt PyTorch file "
+                               f"(record {key} is compressed or larger than the file)")
         return info
 
     def read_record(key):
@@ -572,7 +576,8 @@ def is_weight_file(name, names):
     """Whether `name` is one of `names`, a variant of one, a shard index or a shard of one."""
     for base in names:
         stem, ext = base.rsplit(".", 1)
-        if name.startswith(stem) and (name.endswith("." + ext) or name.endswith(".json") and f".{ext}.index" in name):
+        index = name.endswith(".json") and f".{ext}.index" in name
+        if name.startswith(stem) and (name.endswith("." + ext) or index):
             return True
     return False
 
@@ -588,12 +593,14 @@ def find_weights(folder, names, variant=None):
         for index in _index_names(name, variant):
             if os.path.isfile(os.path.join(folder, index)):
                 return _shards(os.path.join(folder, index))
-    present = sorted(n for n in os.listdir(folder) if is_weight_file(n, names)) if os.path.isdir(folder) else []
+    present = sorted(n for n in os.listdir(folder) if is_weight_file(n,
+                                                                     names)) if os.path.isdir(folder) else []
     wanted = f"the {variant} variant of " if variant else ""
     hint = f"; found {', '.join(present)}" if present else ""
     if present and variant is None:
         hint += " (a variant: pass variant=, e.g. variant=\"fp16\" for *.fp16.*)"
-    raise WeightsError(f"no weight file in {folder} (looked for {wanted}{', '.join(names)}, also sharded){hint}")
+    raise WeightsError(f"no weight file in {folder} "
+                       f"(looked for {wanted}{', '.join(names)}, also sharded){hint}")
 
 
 # diffusers before 0.15 named the VAE's attention query/key/value/proj_attn; current diffusers renames them

@@ -1,4 +1,5 @@
-"""python -m weights_convert --src SRC --dst DST [--to mindspore|diffusers] [--dtype fp32|fp16|bf16] [--overwrite]
+"""python -m weights_convert --src SRC --dst DST [--to mindspore|diffusers] [--dtype fp32|fp16|bf16]
+[--overwrite]
 
 SRC: a diffusers pipeline folder, a model folder (2D UNet, VAE, text encoder,
 tuned Tune-A-Video UNet), a single-file Stable Diffusion checkpoint (LDM

@@ -4,15 +4,16 @@ a diffusers folder converts by changing the container (and the dtype, when
 asked), never a value: names change only where old diffusers wrote legacy ones
 (weights.open_weights); a single-file LDM checkpoint is renamed to the
 diffusers layout on the way (ldm.py). One tensor is in memory at a time."""
-import json
 import logging
 import os
 import shutil
 import time
+from typing import Optional
 
 from tqdm import tqdm
 
 from tuneavideo_ms.atomic import atomic_dir
+from tuneavideo_ms.layout import model_index, write_json
 from tuneavideo_ms.weights import (DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, WeightsError, find_weights,
                                    is_weight_file, open_tensors, open_weights, write_mindspore_ckpt,
                                    write_safetensors)
@@ -38,7 +39,7 @@ def _weight_names(folder):
     return None
 
 
-def detect(src):
+def detect(src: str) -> str:
     """'pipeline' (model_index.json), 'model' (config.json and weights), 'ldm' (a single
     Stable Diffusion file), or an error naming what is there."""
     if os.path.isdir(src):
@@ -47,11 +48,13 @@ def detect(src):
             return "pipeline"
         if "config.json" in names and _weight_names(src):
             return "model"
-        raise ValueError(f"unknown layout at {src}: found {', '.join(names[:12]) or 'an empty folder'}; expected a "
-                         "diffusers pipeline (model_index.json) or a model folder (config.json + weights)")
+        found = ", ".join(names[:12]) or "an empty folder"
+        raise ValueError(f"unknown layout at {src}: found {found}; expected a diffusers pipeline "
+                         "(model_index.json) or a model folder (config.json + weights)")
     if os.path.isfile(src):
         if not src.endswith(SINGLE_FILE):
-            raise ValueError(f"unknown layout: {src} is a file but not a checkpoint ({', '.join(SINGLE_FILE)})")
+            raise ValueError(f"unknown layout: {src} is a file but not a checkpoint "
+                             f"({', '.join(SINGLE_FILE)})")
         return "ldm"
     raise FileNotFoundError(f"source not found: {src}")
 
@@ -68,17 +71,12 @@ class _Writer:
     def model(self, out, stem, config, refs):
         os.makedirs(out, exist_ok=True)
         if config is not None:
-            _write_json(os.path.join(out, "config.json"), config)
+            write_json(os.path.join(out, "config.json"), config)
         path = os.path.join(out, stem + self.ext)
         self.write(path, refs, self.dtype, on_tensor=lambda name: self.bar.update(1))
         self.tensors += len(refs)
         self.bytes += os.path.getsize(path)
         logger.info("%d tensors -> %s", len(refs), path)
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
 
 
 def _models(src, kind, variant):
@@ -90,7 +88,8 @@ def _models(src, kind, variant):
 
 
 def _convert_folder(src, tmp, kind, writer_args, variant):
-    models = [(folder, names, paths, open_weights(paths)) for folder, names, paths in _models(src, kind, variant)]
+    models = [(folder, names, paths, open_weights(paths)) for folder, names,
+              paths in _models(src, kind, variant)]
     writer = _Writer(*writer_args, total=sum(len(refs) for *_, refs in models))
     if kind == "pipeline":
         for name in sorted(os.listdir(src)):
@@ -127,20 +126,19 @@ def _convert_ldm(src, tmp, writer_args, prediction_type, image_size, upcast_atte
                     ", ".join(left_out[:3]))
     writer = _Writer(*writer_args, total=sum(len(out) for _, out in parts.values()))
     for name, (config, out) in parts.items():
-        writer.model(os.path.join(tmp, name), "model" if name == "text_encoder" else "diffusion_pytorch_model",
-                     config, out)
+        writer.model(os.path.join(tmp, name),
+                     "model" if name == "text_encoder" else "diffusion_pytorch_model", config, out)
     os.makedirs(os.path.join(tmp, "scheduler"))
-    _write_json(os.path.join(tmp, "scheduler", "scheduler_config.json"), ldm.scheduler_config(prediction_type))
-    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
-             "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
-    _write_json(os.path.join(tmp, "model_index.json"), index)
+    write_json(os.path.join(tmp, "scheduler", "scheduler_config.json"), ldm.scheduler_config(prediction_type))
+    index = model_index("StableDiffusionPipeline", safety_checker=[None, None],
+                        feature_extractor=[None, None], requires_safety_checker=False)
+    write_json(os.path.join(tmp, "model_index.json"), index)
     if tokenizer:
         shutil.copytree(tokenizer, os.path.join(tmp, "tokenizer"))
     else:
         logger.warning("no --tokenizer given: an LDM file holds no tokenizer; copy the CLIP tokenizer folder "
-                       "(SD 1.x: openai/clip-vit-large-patch14, SD 2.x: the SD 2 repo's tokenizer/) to tokenizer/")
+                       "(SD 1.x: openai/clip-vit-large-patch14, SD 2.x: the SD 2 repo's tokenizer/) "
+                       "to tokenizer/")
     return writer
 
 
@@ -149,7 +147,8 @@ def _check_destination(src, dst):
     it would destroy the source."""
     src, dst = os.path.realpath(src), os.path.realpath(dst)
     if os.path.isfile(dst):
-        raise FileExistsError(f"--dst {dst} is a file; it must be a folder (new, or replaced with --overwrite)")
+        raise FileExistsError(f"--dst {dst} is a file; "
+                              "it must be a folder (new, or replaced with --overwrite)")
     inside = os.path.commonpath([src, dst])
     if dst == src or inside == src or inside == dst:
         relation = "is" if dst == src else "is inside" if inside == src else "contains"
@@ -157,8 +156,9 @@ def _check_destination(src, dst):
                          "choose a destination outside it")
 
 
-def convert(src, dst, to="mindspore", dtype=None, overwrite=False, prediction_type="epsilon", image_size=None,
-            upcast_attention=False, tokenizer=None, variant=None):
+def convert(src: str, dst: str, to: str = "mindspore", dtype: Optional[str] = None, overwrite: bool = False,
+            prediction_type: str = "epsilon", image_size: Optional[int] = None,
+            upcast_attention: bool = False, tokenizer: Optional[str] = None, variant: Optional[str] = None):
     """Converts `src` into the folder `dst` (written under a temporary name and
     renamed). A diffusers source's weights are read as its models load them
     (legacy names renamed, shards joined, the `variant`'s files when given)

@@ -16,7 +16,8 @@ OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP ViT-H
 UNET_TOP = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
             "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out"}
 UNET_RESNET = (("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
-               ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut"))
+               ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"),
+               ("skip_connection", "conv_shortcut"))
 VAE_ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 OPEN_CLIP_LAYER = (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
                    ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
@@ -91,7 +92,8 @@ def convert_unet(refs, image_size, upcast_attention=False):
     refs = _strip(refs, UNET_PREFIX)
     ops = sorted(int(n.split(".")[1]) for n in refs if re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", n))
     if not ops:
-        raise ValueError("an LDM UNet without downsamplers (input_blocks.N.0.op): not a Stable Diffusion UNet")
+        raise ValueError("an LDM UNet without downsamplers (input_blocks.N.0.op): "
+                         "not a Stable Diffusion UNet")
     per_block = ops[0] - 1
     out = {}
     for n, r in refs.items():
@@ -150,7 +152,8 @@ def convert_vae(refs, image_size):
     channels = [refs[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] for i in range(levels)]
     config = dict(_class_name="AutoencoderKL", in_channels=refs["encoder.conv_in.weight"].shape[1],
                   out_channels=refs["decoder.conv_out.weight"].shape[0], block_out_channels=channels,
-                  down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+                  down_block_types=["DownEncoderBlock2D"] * levels,
+                  up_block_types=["UpDecoderBlock2D"] * levels,
                   latent_channels=refs["post_quant_conv.weight"].shape[0], layers_per_block=per_block,
                   norm_num_groups=32, sample_size=image_size, scaling_factor=0.18215)
     return config, out
@@ -191,7 +194,8 @@ def convert_text_encoder(refs):
     else:
         out, layers, act = _open_clip(_strip(refs, OPEN_CLIP_PREFIX))
     vocab, width = out["text_model.embeddings.token_embedding.weight"].shape
-    config = dict(architectures=["CLIPTextModel"], model_type="clip_text_model", vocab_size=vocab, hidden_size=width,
+    config = dict(architectures=["CLIPTextModel"], model_type="clip_text_model", vocab_size=vocab,
+                  hidden_size=width,
                   intermediate_size=out["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
                   num_hidden_layers=layers, num_attention_heads=max(1, width // 64),
                   max_position_embeddings=out["text_model.embeddings.position_embedding.weight"].shape[0],
@@ -213,14 +217,15 @@ def convert(refs, prediction_type="epsilon", image_size=None, upcast_attention=F
     has_vae = any(n.startswith(VAE_PREFIX) for n in refs)
     has_text = any(n.startswith((CLIP_PREFIX, OPEN_CLIP_PREFIX)) for n in refs)
     if not (has_vae and has_text):
-        raise ValueError("an LDM checkpoint without " + ("its VAE" if not has_vae else "its text encoder") +
-                         " (first_stage_model. / cond_stage_model.); only full Stable Diffusion files are converted")
+        missing = "its VAE" if not has_vae else "its text encoder"
+        raise ValueError(f"an LDM checkpoint without {missing} (first_stage_model. / cond_stage_model.); "
+                         "only full Stable Diffusion files are converted")
     open_clip = any(n.startswith(OPEN_CLIP_PREFIX) for n in refs)
     if image_size is None:
         image_size = 768 if open_clip and prediction_type == "v_prediction" else 512
     try:
-        parts = {"unet": convert_unet(refs, image_size, upcast_attention), "vae": convert_vae(refs, image_size),
-                 "text_encoder": convert_text_encoder(refs)}
+        parts = {"unet": convert_unet(refs, image_size, upcast_attention),
+                 "vae": convert_vae(refs, image_size), "text_encoder": convert_text_encoder(refs)}
     except KeyError as e:
         raise ValueError(f"an incomplete LDM checkpoint: no tensor for {e}") from None
     left_out = [n for n in refs if not n.startswith((UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX, OPEN_CLIP_PREFIX))]

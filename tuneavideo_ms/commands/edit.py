@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The defaults shown, the description's layout kept."""
@@ -22,7 +24,8 @@ def _number(kind, minimum):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+            whole = "whole " if kind is int else ""
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {whole}number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
         return value
@@ -32,9 +35,11 @@ def _number(kind, minimum):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pretrained_model_path", required=True, help="Stable Diffusion folder or Hub id")
-    p.add_argument("--unet", default=None, help="a tuned video UNet folder (default: inflate the folder's UNet)")
+    p.add_argument("--unet", default=None,
+                   help="a tuned video UNet folder; without it, the folder's UNet inflated")
     p.add_argument("--video", default=None, help="the clip to edit; without it, sample from random noise")
-    p.add_argument("--inv_latents", default=None, help="a saved inverted noise (.npy) to reuse instead of --video")
+    p.add_argument("--inv_latents", default=None,
+                   help="a saved inverted noise (.npy) to reuse instead of --video")
     p.add_argument("--prompts", nargs="+", required=True)
     p.add_argument("--negative_prompt", default=None)
     p.add_argument("--output_dir", default="outputs/edit")
@@ -62,10 +67,11 @@ def check_args(args):
 
     check_frame_size(args.height, args.width)
     if not os.path.isdir(args.pretrained_model_path) and not is_hub_id(args.pretrained_model_path):
-        raise FileNotFoundError(f"--pretrained_model_path {args.pretrained_model_path}: not a folder (nor a Hub id "
-                                "such as CompVis/stable-diffusion-v1-4)")
+        raise FileNotFoundError(f"--pretrained_model_path {args.pretrained_model_path}: not a folder "
+                                "(nor a Hub id such as CompVis/stable-diffusion-v1-4)")
     if args.unet and not os.path.isdir(args.unet):
-        raise FileNotFoundError(f"--unet {args.unet}: not a folder (a tuned UNet is output_dir/unet of a run)")
+        raise FileNotFoundError(f"--unet {args.unet}: not a folder "
+                                "(a tuned UNet is output_dir/unet of a run)")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise NotADirectoryError(f"--output_dir {args.output_dir} is a file; it must be a folder")
     if args.inv_latents:
@@ -82,8 +88,8 @@ def check_args(args):
                              f"(inv_latents.npy, inv_latents/ddim_latent-<step>.npy): {e}") from None
         expected = (4, args.video_length, args.height // 8, args.width // 8)
         if latents.ndim != 5 or latents.shape[1:] != expected:
-            raise ValueError(f"--inv_latents {args.inv_latents} has shape {latents.shape}; --video_length, --height "
-                             f"and --width ask for (1,) + {expected}")
+            raise ValueError(f"--inv_latents {args.inv_latents} has shape {latents.shape}; "
+                             f"--video_length, --height and --width ask for (1,) + {expected}")
         return latents
     return None
 
@@ -92,7 +98,8 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        run(args)
+        with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+            run(args)
     except (ValueError, OSError) as e:  # bad input: a path, a size, a weight file; the message says which
         sys.exit(f"{os.path.basename(sys.argv[0])}: {e}")
 
@@ -105,16 +112,16 @@ def run(args):
         pixels = read_video(args.video, args.video_length, args.width, args.height, args.sample_start_idx,
                             args.sample_frame_rate)
 
-    from .. import backend
+    from .. import runtime
     from ..editing import invert_clip, sample_edits
     from ..models import UNet3DConditionModel
     from ..pipelines import TuneAVideoPipeline
 
-    backend.setup(args.device, args.mode)
+    runtime.setup(args.device, args.mode)
     unet = UNet3DConditionModel.from_pretrained(args.unet) if args.unet else None
     pipe = TuneAVideoPipeline.from_pretrained(args.pretrained_model_path, unet=unet)
     if pixels is not None:
-        clip_latents = pipe.encode_video(pixels.transpose(1, 0, 2, 3)[None], deterministic=True)
+        clip_latents = pipe.encode_video(pixels[None], deterministic=True)
         latents = invert_clip(pipe, clip_latents, args.num_inv_steps,
                               save_path=os.path.join(args.output_dir, "inv_latents.npy"))
     paths = sample_edits(pipe, args.prompts, args.output_dir, latents=latents, fps=args.fps,

@@ -13,8 +13,10 @@ from ..config import check_paths, load_config
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a YAML config (the original's keys; configs/ has examples)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True,
+                        help="a YAML config (the original's keys; configs/ has examples)")
     parser.add_argument("overrides", nargs="*", help="key=value settings over the config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -25,7 +27,8 @@ def main(argv=None):
         output_dir = training.main(config)
     except (ValueError, OSError) as e:  # bad input: a config key, a path, a clip, a weight file
         sys.exit(f"{parser.prog}: {e}")
-    print(f"tuned UNet: {os.path.join(output_dir, 'unet')}\nvalidation samples: {os.path.join(output_dir, 'samples')}")
+    print(f"tuned UNet: {os.path.join(output_dir, 'unet')}\n"
+          f"validation samples: {os.path.join(output_dir, 'samples')}")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ each spatial position.
 Inside a Transformer3DModel the tokens are rows [(b f n), c], one per frame
 and position, so that every projection is one MatMul on a 2-D input; the
 attentions reshape to [sequences, length, c] with lengths known as Python
-numbers. (Per-projection reshapes through nn.Dense made mid's training step
-compile with 0.21 GiB more memory.)
+numbers (per-projection reshapes through nn.Dense cost a compile memory).
 """
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from .. import backend, cpu_kernels
-from .layers import Linear
+from .. import runtime
+from .layers import Linear, gelu
 from .normalization import GroupNorm, LayerNorm
 from .resnet import conv_parameters
 
@@ -39,7 +38,7 @@ class CrossAttention(nn.Cell):
         self.to_k = Linear(context_dim, inner_dim, has_bias=bias)
         self.to_v = Linear(context_dim, inner_dim, has_bias=bias)
         self.to_out = nn.CellList([Linear(inner_dim, query_dim), nn.Dropout(p=dropout)])
-        self.attention = backend.attention_kernel()
+        self.attention = runtime.kernels().attention()
 
     def attend(self, hidden_states, key, value, length):
         """Rows [(s length), c] attend to key and value [s, keys, inner] -> rows [(s length), c]."""
@@ -86,9 +85,9 @@ class GEGLU(nn.Cell):
     def __init__(self, dim_in, dim_out):
         super().__init__()
         self.proj = Linear(dim_in, dim_out * 2)
-        self.kernel = backend.cpu_kernel(cpu_kernels.geglu_op)
+        self.kernel = runtime.kernels().native("geglu")
         # the projection runs again in the backward: its output, 8x the input,
-        # would be kept for GELU's backward (mid training step: 123 of 735 MB)
+        # would otherwise be kept for GELU's backward
         self.recompute()
 
     def construct(self, x):
@@ -96,8 +95,7 @@ class GEGLU(nn.Cell):
         if self.kernel is not None and x.dtype == ms.float32:
             return self.kernel(x)
         hidden, gate = ops.chunk(x, 2, -1)
-        # exact (erf) GELU, as torch's default
-        return hidden * (0.5 * gate * (1.0 + ops.erf(gate * 0.7071067811865476)))
+        return hidden * gelu(gate)
 
 
 class FeedForward(nn.Cell):
@@ -146,27 +144,29 @@ class BasicTransformerBlock(nn.Cell):
         else:
             hidden_states = self.attn1(norm_hidden_states, video_length, tokens) + hidden_states
         if self.attn2 is not None:
-            hidden_states = self.attn2(self.norm2(hidden_states), tokens, encoder_hidden_states) + hidden_states
+            hidden_states = self.attn2(self.norm2(hidden_states), tokens,
+                                       encoder_hidden_states) + hidden_states
         hidden_states = self.ff(self.norm3(hidden_states)) + hidden_states
         return self.temporal_attention(hidden_states, video_length, tokens)
 
     def temporal_attention(self, hidden_states, video_length, tokens):
         """Attention over the frames at each spatial position: rows (b f n) -> (b n f) and back."""
         c = hidden_states.shape[-1]
-        x = backend.swap_axes_1_2(hidden_states.reshape(-1, video_length, tokens, c)).reshape(-1, c)
+        x = runtime.swap_axes_1_2(hidden_states.reshape(-1, video_length, tokens, c)).reshape(-1, c)
         x = self.attn_temp(self.norm_temp(x), video_length) + x
-        return backend.swap_axes_1_2(x.reshape(-1, tokens, video_length, c)).reshape(-1, c)
+        return runtime.swap_axes_1_2(x.reshape(-1, tokens, video_length, c)).reshape(-1, c)
 
 
 class Transformer3DModel(nn.Cell):
     """[b, c, f, h, w] -> same shape: GroupNorm and projections per frame around
     a stack of BasicTransformerBlocks, with a residual connection."""
 
-    shares_graph = True  # instances of one configuration compile as one graph (graph_cache.share_graphs)
+    # instances of one configuration compile as one graph (runtime.compile_child.share_graphs)
+    shares_graph = True
 
-    def __init__(self, num_attention_heads=16, attention_head_dim=88, in_channels=None, num_layers=1, dropout=0.0,
-                 norm_num_groups=32, cross_attention_dim=None, attention_bias=False, use_linear_projection=False,
-                 only_cross_attention=False, upcast_attention=False):
+    def __init__(self, num_attention_heads=16, attention_head_dim=88, in_channels=None, num_layers=1,
+                 dropout=0.0, norm_num_groups=32, cross_attention_dim=None, attention_bias=False,
+                 use_linear_projection=False, only_cross_attention=False, upcast_attention=False):
         super().__init__()
         inner_dim = num_attention_heads * attention_head_dim
         self.use_linear_projection = use_linear_projection
@@ -181,24 +181,25 @@ class Transformer3DModel(nn.Cell):
         self.transformer_blocks = nn.CellList([
             BasicTransformerBlock(inner_dim, num_attention_heads, attention_head_dim, dropout=dropout,
                                   cross_attention_dim=cross_attention_dim, attention_bias=attention_bias,
-                                  only_cross_attention=only_cross_attention, upcast_attention=upcast_attention)
+                                  only_cross_attention=only_cross_attention,
+                                  upcast_attention=upcast_attention)
             for _ in range(num_layers)])
 
     def construct(self, hidden_states, encoder_hidden_states):
         b, c, f, h, w = hidden_states.shape
-        x = backend.swap_axes_1_2(hidden_states.reshape(b, c, f, h * w)).reshape(b * f, c, h, w)
+        x = runtime.swap_axes_1_2(hidden_states.reshape(b, c, f, h * w)).reshape(b * f, c, h, w)
         n, ctx_dim = encoder_hidden_states.shape[1], encoder_hidden_states.shape[2]
         context = ops.broadcast_to(encoder_hidden_states.reshape(b, 1, n, ctx_dim), (b, f, n, ctx_dim))
         context = context.reshape(b * f, n, ctx_dim)
         residual = x
         # rows, one per frame and pixel: every projection is one MatMul
-        x = backend.swap_axes_1_2(self.norm(x).reshape(b * f, c, h * w, 1)).reshape(b * f * h * w, c)
+        x = runtime.swap_axes_1_2(self.norm(x).reshape(b * f, c, h * w, 1)).reshape(b * f * h * w, c)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x, context, f, h * w)
         x = self.proj_out(x)
-        x = backend.swap_axes_1_2(x.reshape(b * f, h * w, c, 1)).reshape(b * f, c, h, w) + residual
-        return backend.swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
+        x = runtime.swap_axes_1_2(x.reshape(b * f, h * w, c, 1)).reshape(b * f, c, h, w) + residual
+        return runtime.swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
 
 
 class PointwiseConv(nn.Cell):

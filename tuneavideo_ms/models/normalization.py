@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 import numpy as np
 
-from .. import backend, cpu_kernels
+from .. import runtime
 
 
 class GroupNorm(nn.Cell):
@@ -26,7 +26,7 @@ class GroupNorm(nn.Cell):
         # affine follows.
         self.norm = ops.LayerNorm(begin_norm_axis=1, begin_params_axis=-1, epsilon=eps)
         self.identity = (Tensor(np.ones(1, np.float32)), Tensor(np.zeros(1, np.float32)))
-        self.kernel = backend.cpu_kernel(cpu_kernels.group_norm_op)
+        self.kernel = runtime.kernels().native("group_norm")
         self.eps = Tensor(np.array([eps], np.float32))
 
     def construct(self, x):
@@ -48,7 +48,7 @@ class LayerNorm(nn.Cell):
         self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="bias")
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-        self.kernel = backend.cpu_kernel(cpu_kernels.group_norm_op)
+        self.kernel = runtime.kernels().native("group_norm")
         self.eps = Tensor(np.array([eps], np.float32))
 
     def construct(self, x):

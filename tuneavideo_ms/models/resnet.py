@@ -5,7 +5,7 @@ import math
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .. import backend
+from .. import runtime
 from .layers import Linear
 from .normalization import GroupNorm
 
@@ -33,7 +33,7 @@ class InflatedConv3d(nn.Cell):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         super().__init__()
-        self.conv = backend.conv_kernel(kernel_size, stride, padding)
+        self.conv = runtime.kernels().conv(kernel_size, stride, padding)
         self.weight, self.bias = conv_parameters(self, in_channels, out_channels, kernel_size,
                                                  flat=self.conv.flat_weight)
 
@@ -55,7 +55,8 @@ class Upsample3D(nn.Cell):
 
     def construct(self, x, output_size=None):
         b, c, f, h, w = x.shape
-        x = ops.broadcast_to(x.reshape(b, c, f, h, 1, w, 1), (b, c, f, h, 2, w, 2)).reshape(b, c, f, 2 * h, 2 * w)
+        x = ops.broadcast_to(x.reshape(b, c, f, h, 1, w, 1), (b, c, f, h, 2, w, 2)).reshape(b, c, f, 2 * h,
+                                                                                            2 * w)
         if output_size is not None and (output_size[0] != 2 * h or output_size[1] != 2 * w):
             x = x[:, :, :, :output_size[0], :output_size[1]]
         return self.conv(x)
@@ -117,5 +118,5 @@ class ResnetBlock3D(nn.Cell):
         h = self.conv2(self.dropout(ops.silu(h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        # a product: MindSpore 2.10's CPU Div holds about 4.5x its output for as long as the graph lives
+        # a product: MindSpore 2.10's CPU Div holds several times its output for as long as the graph lives
         return (x + h) * (1.0 / self.output_scale_factor)

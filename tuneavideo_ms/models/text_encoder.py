@@ -1,43 +1,47 @@
 """The CLIP text transformer of Stable Diffusion with transformers' parameter
 names (text_model.*), reading text_encoder/ folders without torch."""
+import functools
+
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Tensor, nn, ops
 
-from .. import backend
+from .. import runtime
 from ..weights import TRANSFORMERS_WEIGHTS
-from .modeling import Config, ModelMixin
+from .layers import Embedding, gelu
+from .modeling import ModelMixin, build_config
 from .normalization import LayerNorm
 
 DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-                projection_dim=512, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+                num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
+                layer_norm_eps=1e-5, projection_dim=512, bos_token_id=49406, eos_token_id=49407,
+                pad_token_id=1)
+# what a CLIP text config.json holds besides the architecture: training and bookkeeping fields
+IGNORED = ("architectures", "attention_dropout", "dropout", "initializer_factor", "initializer_range",
+           "model_type", "torch_dtype", "dtype", "transformers_version")
+
+
+@functools.lru_cache(maxsize=None)
+def _transformers_fields():
+    """The fields transformers gives every model config (generation settings, output flags, ...); asked only
+    for a config that holds more than CLIP's, as importing transformers takes seconds."""
+    from transformers import PretrainedConfig
+    return tuple(PretrainedConfig().to_dict())
 
 
 def _activation(name):
     if name == "quick_gelu":
         return lambda x: x * ops.sigmoid(1.702 * x)
     if name == "gelu":
-        return lambda x: 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
+        return gelu
     raise ValueError(f"unsupported CLIP hidden_act {name!r} (quick_gelu or gelu)")
-
-
-class Embedding(nn.Cell):
-    """A lookup table with torch's parameter name (weight)."""
-
-    def __init__(self, num, dim):
-        super().__init__()
-        self.weight = Parameter(Tensor(np.random.normal(0, 0.02, (num, dim)).astype(np.float32)), name="weight")
-
-    def construct(self, ids):
-        return ops.gather(self.weight, ids, 0)
 
 
 class CLIPEmbeddings(nn.Cell):
     def __init__(self, c):
         super().__init__()
-        self.token_embedding = Embedding(c.vocab_size, c.hidden_size)
-        self.position_embedding = Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_embedding = Embedding(c.vocab_size, c.hidden_size, std=0.02)
+        self.position_embedding = Embedding(c.max_position_embeddings, c.hidden_size, std=0.02)
 
     def construct(self, ids):
         positions = ops.arange(ids.shape[1]).astype(ms.int32)
@@ -53,10 +57,11 @@ class CLIPAttention(nn.Cell):
         self.k_proj = nn.Dense(c.hidden_size, c.hidden_size)
         self.v_proj = nn.Dense(c.hidden_size, c.hidden_size)
         self.out_proj = nn.Dense(c.hidden_size, c.hidden_size)
-        self.attention = backend.attention_kernel()
+        self.attention = runtime.kernels().attention()
 
     def construct(self, x, mask):
-        out = self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, False, mask)
+        out = self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, False,
+                             mask)
         return self.out_proj(out)
 
 
@@ -109,7 +114,8 @@ class CLIPTextTransformer(nn.Cell):
         length = ids.shape[1]
         x = self.encoder(self.embeddings(ids), self.causal_mask[:length, :length])
         x = self.final_layer_norm(x)
-        # the pooled token: the end-of-text token (old configs say eos 2: take the largest id, as transformers does)
+        # the pooled token: the end-of-text token (old configs say eos 2: take the largest id, as transformers
+        # does)
         if self.eos_token_id == 2:
             eos = ops.argmax(ids, -1)
         else:
@@ -125,8 +131,10 @@ class CLIPTextModel(ModelMixin, nn.Cell):
 
     def __init__(self, **config):
         super().__init__()
-        c = Config(DEFAULTS)
-        c.update({k: v for k, v in config.items() if k in DEFAULTS})
+        ignored = IGNORED
+        if any(k not in DEFAULTS and k not in IGNORED and not k.startswith("_") for k in config):
+            ignored += _transformers_fields()
+        c = build_config("CLIP text encoder", DEFAULTS, config, ignored)
         self.config = c
         self.text_model = CLIPTextTransformer(c)
 

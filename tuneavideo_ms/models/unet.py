@@ -5,23 +5,26 @@ parameter names equal the diffusers names, so image checkpoints load by name
 and the inflated model adds only attn_temp and norm_temp.
 """
 import math
+from typing import Optional
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Tensor, nn, ops
 
-from .layers import Linear
-from .modeling import Config, ModelMixin, load_weights, model_folder, read_config
+from .layers import Embedding, Linear
+from .modeling import ModelMixin, build_config, load_weights, model_folder, read_config
 from .normalization import GroupNorm
 from .resnet import InflatedConv3d
 from .unet_blocks import UNetMidBlock3DCrossAttn, get_down_block, get_up_block
 
 DEFAULTS = dict(
-    sample_size=None, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    sample_size=None, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
+    freq_shift=0,
     down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
     mid_block_type="UNetMidBlock3DCrossAttn",
     up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
-    only_cross_attention=False, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
+    only_cross_attention=False, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+    downsample_padding=1,
     mid_block_scale_factor=1.0, dropout=0.0, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
     cross_attention_dim=1280, transformer_layers_per_block=1, attention_head_dim=8, num_attention_heads=None,
     dual_cross_attention=False, use_linear_projection=False, class_embed_type=None, num_class_embeds=None,
@@ -33,7 +36,8 @@ DEFAULTS = dict(
 # other value names a model this UNet does not implement.
 UNSUPPORTED = dict(
     encoder_hid_dim=None, encoder_hid_dim_type=None, addition_embed_type=None, addition_time_embed_dim=None,
-    time_embedding_type="positional", time_embedding_dim=None, time_embedding_act_fn=None, timestep_post_act=None,
+    time_embedding_type="positional", time_embedding_dim=None, time_embedding_act_fn=None,
+    timestep_post_act=None,
     time_cond_proj_dim=None, attention_type="default", class_embeddings_concat=False,
     mid_block_only_cross_attention=None, cross_attention_norm=None, resnet_skip_time_act=False,
     resnet_out_scale_factor=1.0, reverse_transformer_layers_per_block=None, dual_cross_attention=False,
@@ -55,7 +59,8 @@ def inflate_config(config):
     config["_class_name"] = "UNet3DConditionModel"
     config["down_block_types"] = [t.replace("2D", "3D") for t in config.get("down_block_types",
                                                                             DEFAULTS["down_block_types"])]
-    config["up_block_types"] = [t.replace("2D", "3D") for t in config.get("up_block_types", DEFAULTS["up_block_types"])]
+    config["up_block_types"] = [t.replace("2D", "3D") for t in config.get("up_block_types",
+                                                                          DEFAULTS["up_block_types"])]
     if config.get("mid_block_type", DEFAULTS["mid_block_type"]) is not None:
         config["mid_block_type"] = "UNetMidBlock3DCrossAttn"
     return config
@@ -93,38 +98,24 @@ class TimestepEmbedding(nn.Cell):
         return self.linear_2(ops.silu(self.linear_1(x)))
 
 
-class ClassEmbedding(nn.Cell):
-    """nn.Embedding with torch's parameter name (weight)."""
-
-    def __init__(self, num_embeddings, dim):
-        super().__init__()
-        self.weight = Parameter(Tensor(np.random.randn(num_embeddings, dim).astype(np.float32)), name="weight")
-
-    def construct(self, labels):
-        return ops.gather(self.weight, labels.astype(ms.int32), 0)
-
-
 class UNet3DConditionModel(ModelMixin, nn.Cell):
     """`from_pretrained` loads a video UNet: one saved here, or one the PyTorch
     Tune-A-Video wrote (3D config, diffusion_pytorch_model.bin)."""
 
     def __init__(self, **config):
         super().__init__()
-        unknown = sorted(k for k in config if k not in DEFAULTS and k not in UNSUPPORTED and not k.startswith("_"))
         unsupported = sorted(k for k, v in config.items() if k in UNSUPPORTED and v != UNSUPPORTED[k]
                              and not (isinstance(v, list) and tuple(v) == UNSUPPORTED[k]))
         if unsupported:
-            raise ValueError("unsupported UNet config: " + ", ".join(f"{k}={config[k]!r}" for k in unsupported)
-                             + " (this UNet implements Stable Diffusion 1.x/2.x)")
-        if unknown:
-            raise ValueError(f"unknown UNet config fields: {', '.join(unknown)}")
-        c = Config(DEFAULTS)
-        c.update(inflate_config(config))
+            settings = ", ".join(f"{k}={config[k]!r}" for k in unsupported)
+            raise ValueError(f"unsupported UNet config: {settings} "
+                             "(this UNet implements Stable Diffusion 1.x/2.x)")
+        c = build_config("UNet", DEFAULTS, inflate_config(config), UNSUPPORTED)
         self.config = c
         n = len(c.down_block_types)
         if len(c.up_block_types) != n or len(c.block_out_channels) != n:
-            raise ValueError(f"down_block_types, up_block_types and block_out_channels must have one entry per "
-                             f"level (got {n}, {len(c.up_block_types)}, {len(c.block_out_channels)})")
+            raise ValueError("down_block_types, up_block_types and block_out_channels must have one entry "
+                             f"per level (got {n}, {len(c.up_block_types)}, {len(c.block_out_channels)})")
         heads = _per_block(c.num_attention_heads or c.attention_head_dim, n, "attention_head_dim")
         only_cross = _per_block(c.only_cross_attention, n, "only_cross_attention")
         layers = _per_block(c.layers_per_block, n, "layers_per_block")
@@ -135,7 +126,8 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
         time_embed_dim = channels[0] * 4
         self.center_input_sample = c.center_input_sample
         self.cross_attention_dim = cross_dims[0]
-        self.conv_in = InflatedConv3d(c.in_channels, channels[0], c.conv_in_kernel, padding=(c.conv_in_kernel - 1) // 2)
+        self.conv_in = InflatedConv3d(c.in_channels, channels[0], c.conv_in_kernel,
+                                      padding=(c.conv_in_kernel - 1) // 2)
         self.time_proj = Timesteps(channels[0], c.flip_sin_to_cos, c.freq_shift)
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim)
         self.class_embed_type = c.class_embed_type
@@ -147,9 +139,10 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
         down_blocks = []
         for i, block_type in enumerate(c.down_block_types):
             down_blocks.append(get_down_block(
-                block_type, num_layers=layers[i], in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
-                add_downsample=i < n - 1, downsample_padding=c.downsample_padding, num_attention_heads=heads[i],
-                cross_attention_dim=cross_dims[i], only_cross_attention=only_cross[i], **attn_args, **common))
+                block_type, num_layers=layers[i], in_channels=channels[max(i - 1, 0)],
+                out_channels=channels[i], add_downsample=i < n - 1, downsample_padding=c.downsample_padding,
+                num_attention_heads=heads[i], cross_attention_dim=cross_dims[i],
+                only_cross_attention=only_cross[i], **attn_args, **common))
         self.down_blocks = nn.CellList(down_blocks)
         self.mid_block = None
         if c.mid_block_type is not None:
@@ -165,8 +158,8 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
             up_blocks.append(get_up_block(
                 block_type, num_layers=layers[j] + 1, in_channels=rev[min(i + 1, n - 1)],
                 prev_output_channel=rev[max(i - 1, 0)], out_channels=rev[i], add_upsample=i < n - 1,
-                num_attention_heads=heads[j], cross_attention_dim=cross_dims[j], only_cross_attention=only_cross[j],
-                **attn_args, **common))
+                num_attention_heads=heads[j], cross_attention_dim=cross_dims[j],
+                only_cross_attention=only_cross[j], **attn_args, **common))
         self.up_blocks = nn.CellList(up_blocks)
         self.up_block_layers = tuple(layers[n - 1 - i] + 1 for i in range(n))
         self.conv_norm_out = GroupNorm(c.norm_num_groups, channels[0], eps=c.norm_eps)
@@ -177,14 +170,15 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
     def _class_embedding(c, timestep_dim, time_embed_dim):
         kind = c.class_embed_type
         if kind is None:
-            return ClassEmbedding(c.num_class_embeds, time_embed_dim) if c.num_class_embeds is not None else None
+            return Embedding(c.num_class_embeds, time_embed_dim) if c.num_class_embeds is not None else None
         if kind == "timestep":
             return TimestepEmbedding(timestep_dim, time_embed_dim)
         if kind == "identity":
             return nn.Identity()
         if kind == "projection":
             return TimestepEmbedding(c.projection_class_embeddings_input_dim, time_embed_dim)
-        raise ValueError(f"unsupported class_embed_type {kind!r} (None, 'timestep', 'identity' or 'projection')")
+        raise ValueError(f"unsupported class_embed_type {kind!r} "
+                         "(None, 'timestep', 'identity' or 'projection')")
 
     # ------------------------------------------------------------------------- forward
 
@@ -199,10 +193,11 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
             raise ValueError(f"sample must be 5-D [batch, channels, frames, height, width], got shape "
                              f"{tuple(sample.shape)}")
         if sample.shape[1] != self.config.in_channels:
-            raise ValueError(f"sample has {sample.shape[1]} channels; this UNet takes {self.config.in_channels}")
+            raise ValueError(f"sample has {sample.shape[1]} channels; "
+                             f"this UNet takes {self.config.in_channels}")
         if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != self.cross_attention_dim:
-            raise ValueError(f"encoder_hidden_states must be [batch, tokens, {self.cross_attention_dim}], got "
-                             f"{tuple(encoder_hidden_states.shape)}")
+            raise ValueError(f"encoder_hidden_states must be [batch, tokens, {self.cross_attention_dim}], "
+                             f"got {tuple(encoder_hidden_states.shape)}")
         if self.class_embedding is not None and class_labels is None:
             raise ValueError("class_labels are required for a UNet with class embeddings")
 
@@ -233,7 +228,8 @@ class UNet3DConditionModel(ModelMixin, nn.Cell):
     # ------------------------------------------------------------------------- loading and saving
 
     @classmethod
-    def from_pretrained_2d(cls, pretrained_model_path, subfolder=None, variant=None):
+    def from_pretrained_2d(cls, pretrained_model_path: str, subfolder: Optional[str] = None,
+                           variant: Optional[str] = None) -> "UNet3DConditionModel":
         """Inflates a Stable Diffusion UNet2DConditionModel folder (or Hub id). The
         temporal layers are new: attn_temp starts with a zero output projection,
         so the video UNet equals the image UNet frame by frame on a static clip."""

@@ -28,8 +28,8 @@ def get_up_block(up_block_type, **kwargs):
     return CrossAttnUpBlock3D(**kwargs)
 
 
-_ATTENTION_ARGS = ("num_attention_heads", "cross_attention_dim", "use_linear_projection", "only_cross_attention",
-                   "upcast_attention")
+_ATTENTION_ARGS = ("num_attention_heads", "cross_attention_dim", "use_linear_projection",
+                   "only_cross_attention", "upcast_attention")
 
 
 def _resnet_args(kwargs):
@@ -56,19 +56,18 @@ def _transformers(channels, num_layers, num_attention_heads, cross_attention_dim
     return nn.CellList([
         Transformer3DModel(num_attention_heads, channels // num_attention_heads, in_channels=channels,
                            norm_num_groups=resnet_groups, cross_attention_dim=cross_attention_dim,
-                           use_linear_projection=use_linear_projection, only_cross_attention=only_cross_attention,
-                           upcast_attention=upcast_attention)
+                           use_linear_projection=use_linear_projection,
+                           only_cross_attention=only_cross_attention, upcast_attention=upcast_attention)
         for _ in range(num_layers)])
 
 
 class DownBlock3D(nn.Cell):
-    has_cross_attention = False
-
-    def __init__(self, num_layers, in_channels, out_channels, temb_channels, add_downsample=True, resnet_eps=1e-6,
-                 resnet_groups=32, dropout=0.0, resnet_time_scale_shift="default", downsample_padding=1):
+    def __init__(self, num_layers, in_channels, out_channels, temb_channels, add_downsample=True,
+                 resnet_eps=1e-6, resnet_groups=32, dropout=0.0, resnet_time_scale_shift="default",
+                 downsample_padding=1):
         super().__init__()
-        self.resnets = _resnets(in_channels, out_channels, num_layers, temb_channels, resnet_eps, resnet_groups,
-                                dropout, resnet_time_scale_shift)
+        self.resnets = _resnets(in_channels, out_channels, num_layers, temb_channels, resnet_eps,
+                                resnet_groups, dropout, resnet_time_scale_shift)
         self.downsamplers = None
         if add_downsample:
             self.downsamplers = nn.CellList([Downsample3D(out_channels, padding=downsample_padding)])
@@ -85,17 +84,16 @@ class DownBlock3D(nn.Cell):
 
 
 class CrossAttnDownBlock3D(nn.Cell):
-    has_cross_attention = True
-
-    def __init__(self, num_layers, in_channels, out_channels, temb_channels, add_downsample=True, resnet_eps=1e-6,
-                 resnet_groups=32, dropout=0.0, resnet_time_scale_shift="default", downsample_padding=1,
-                 num_attention_heads=1, cross_attention_dim=1280, use_linear_projection=False,
-                 only_cross_attention=False, upcast_attention=False):
+    def __init__(self, num_layers, in_channels, out_channels, temb_channels, add_downsample=True,
+                 resnet_eps=1e-6, resnet_groups=32, dropout=0.0, resnet_time_scale_shift="default",
+                 downsample_padding=1, num_attention_heads=1, cross_attention_dim=1280,
+                 use_linear_projection=False, only_cross_attention=False, upcast_attention=False):
         super().__init__()
-        self.resnets = _resnets(in_channels, out_channels, num_layers, temb_channels, resnet_eps, resnet_groups,
-                                dropout, resnet_time_scale_shift)
+        self.resnets = _resnets(in_channels, out_channels, num_layers, temb_channels, resnet_eps,
+                                resnet_groups, dropout, resnet_time_scale_shift)
         self.attentions = _transformers(out_channels, num_layers, num_attention_heads, cross_attention_dim,
-                                        resnet_groups, use_linear_projection, only_cross_attention, upcast_attention)
+                                        resnet_groups, use_linear_projection, only_cross_attention,
+                                        upcast_attention)
         self.downsamplers = None
         if add_downsample:
             self.downsamplers = nn.CellList([Downsample3D(out_channels, padding=downsample_padding)])
@@ -117,10 +115,10 @@ class UNetMidBlock3DCrossAttn(nn.Cell):
                  cross_attention_dim=1280, use_linear_projection=False, upcast_attention=False):
         super().__init__()
         resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
-        self.resnets = _resnets(in_channels, in_channels, 2, temb_channels, resnet_eps, resnet_groups, dropout,
-                                resnet_time_scale_shift, output_scale_factor)
-        self.attentions = _transformers(in_channels, 1, num_attention_heads, cross_attention_dim, resnet_groups,
-                                        use_linear_projection, False, upcast_attention)
+        self.resnets = _resnets(in_channels, in_channels, 2, temb_channels, resnet_eps, resnet_groups,
+                                dropout, resnet_time_scale_shift, output_scale_factor)
+        self.attentions = _transformers(in_channels, 1, num_attention_heads, cross_attention_dim,
+                                        resnet_groups, use_linear_projection, False, upcast_attention)
 
     def construct(self, hidden_states, temb, encoder_hidden_states):
         hidden_states = self.resnets[0](hidden_states, temb)
@@ -129,19 +127,20 @@ class UNetMidBlock3DCrossAttn(nn.Cell):
 
 
 class UpBlock3D(nn.Cell):
-    has_cross_attention = False
-
-    def __init__(self, num_layers, in_channels, prev_output_channel, out_channels, temb_channels, add_upsample=True,
-                 resnet_eps=1e-6, resnet_groups=32, dropout=0.0, resnet_time_scale_shift="default"):
+    def __init__(self, num_layers, in_channels, prev_output_channel, out_channels, temb_channels,
+                 add_upsample=True, resnet_eps=1e-6, resnet_groups=32, dropout=0.0,
+                 resnet_time_scale_shift="default"):
         super().__init__()
         skips = [out_channels] * (num_layers - 1) + [in_channels]
-        self.resnets = _resnets(None, out_channels, num_layers, temb_channels, resnet_eps, resnet_groups, dropout,
-                                resnet_time_scale_shift, skip_channels=skips, prev_output_channel=prev_output_channel)
+        self.resnets = _resnets(None, out_channels, num_layers, temb_channels, resnet_eps, resnet_groups,
+                                dropout, resnet_time_scale_shift, skip_channels=skips,
+                                prev_output_channel=prev_output_channel)
         self.upsamplers = None
         if add_upsample:
             self.upsamplers = nn.CellList([Upsample3D(out_channels)])
 
-    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None, upsample_size=None):
+    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None,
+                  upsample_size=None):
         for resnet in self.resnets:
             res_hidden_states = res_hidden_states_tuple[-1]
             res_hidden_states_tuple = res_hidden_states_tuple[:-1]
@@ -152,23 +151,24 @@ class UpBlock3D(nn.Cell):
 
 
 class CrossAttnUpBlock3D(nn.Cell):
-    has_cross_attention = True
-
-    def __init__(self, num_layers, in_channels, prev_output_channel, out_channels, temb_channels, add_upsample=True,
-                 resnet_eps=1e-6, resnet_groups=32, dropout=0.0, resnet_time_scale_shift="default",
-                 num_attention_heads=1, cross_attention_dim=1280, use_linear_projection=False,
-                 only_cross_attention=False, upcast_attention=False):
+    def __init__(self, num_layers, in_channels, prev_output_channel, out_channels, temb_channels,
+                 add_upsample=True, resnet_eps=1e-6, resnet_groups=32, dropout=0.0,
+                 resnet_time_scale_shift="default", num_attention_heads=1, cross_attention_dim=1280,
+                 use_linear_projection=False, only_cross_attention=False, upcast_attention=False):
         super().__init__()
         skips = [out_channels] * (num_layers - 1) + [in_channels]
-        self.resnets = _resnets(None, out_channels, num_layers, temb_channels, resnet_eps, resnet_groups, dropout,
-                                resnet_time_scale_shift, skip_channels=skips, prev_output_channel=prev_output_channel)
+        self.resnets = _resnets(None, out_channels, num_layers, temb_channels, resnet_eps, resnet_groups,
+                                dropout, resnet_time_scale_shift, skip_channels=skips,
+                                prev_output_channel=prev_output_channel)
         self.attentions = _transformers(out_channels, num_layers, num_attention_heads, cross_attention_dim,
-                                        resnet_groups, use_linear_projection, only_cross_attention, upcast_attention)
+                                        resnet_groups, use_linear_projection, only_cross_attention,
+                                        upcast_attention)
         self.upsamplers = None
         if add_upsample:
             self.upsamplers = nn.CellList([Upsample3D(out_channels)])
 
-    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None, upsample_size=None):
+    def construct(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states=None,
+                  upsample_size=None):
         for resnet, attn in zip(self.resnets, self.attentions):
             res_hidden_states = res_hidden_states_tuple[-1]
             res_hidden_states_tuple = res_hidden_states_tuple[:-1]

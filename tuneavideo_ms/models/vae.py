@@ -6,17 +6,17 @@ is per image, as in the 2D VAE).
 """
 from mindspore import nn, ops
 
-from .. import backend
+from .. import runtime
 from .attention import CrossAttention
-from .modeling import Config, ModelMixin
+from .modeling import ModelMixin, build_config
 from .normalization import GroupNorm
 from .resnet import Downsample3D, InflatedConv3d, ResnetBlock3D, Upsample3D
 
 DEFAULTS = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1, act_fn="silu",
-                latent_channels=4, norm_num_groups=32, sample_size=32, scaling_factor=0.18215, shift_factor=None,
-                latents_mean=None, latents_std=None, force_upcast=True, use_quant_conv=True,
-                use_post_quant_conv=True, mid_block_add_attention=True)
+                up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1,
+                act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=32, scaling_factor=0.18215,
+                shift_factor=None, latents_mean=None, latents_std=None, force_upcast=True,
+                use_quant_conv=True, use_post_quant_conv=True, mid_block_add_attention=True)
 
 
 class VAEAttention(CrossAttention):
@@ -28,9 +28,9 @@ class VAEAttention(CrossAttention):
 
     def construct(self, x):
         n, c, f, h, w = x.shape
-        rows = backend.swap_axes_1_2(self.group_norm(x).reshape(n, c, f * h * w, 1)).reshape(n * f * h * w, c)
+        rows = runtime.swap_axes_1_2(self.group_norm(x).reshape(n, c, f * h * w, 1)).reshape(n * f * h * w, c)
         out = super().construct(rows, f * h * w)
-        return backend.swap_axes_1_2(out.reshape(n, f * h * w, c, 1)).reshape(n, c, f, h, w) + x
+        return runtime.swap_axes_1_2(out.reshape(n, f * h * w, c, 1)).reshape(n, c, f, h, w) + x
 
 
 class MidBlock(nn.Cell):
@@ -72,7 +72,8 @@ class Encoder(nn.Cell):
         channels, groups, n = list(c.block_out_channels), c.norm_num_groups, len(c.block_out_channels)
         self.conv_in = InflatedConv3d(c.in_channels, channels[0], 3, padding=1)
         self.down_blocks = nn.CellList([
-            ResnetStack(channels[max(i - 1, 0)], channels[i], c.layers_per_block, groups, downsample=i < n - 1)
+            ResnetStack(channels[max(i - 1, 0)], channels[i], c.layers_per_block, groups,
+                        downsample=i < n - 1)
             for i in range(n)])
         self.mid_block = MidBlock(channels[-1], groups, c.mid_block_add_attention)
         self.conv_norm_out = GroupNorm(groups, channels[-1], eps=1e-6)
@@ -108,11 +109,7 @@ class Decoder(nn.Cell):
 class AutoencoderKL(ModelMixin, nn.Cell):
     def __init__(self, **config):
         super().__init__()
-        c = Config(DEFAULTS)
-        c.update({k: v for k, v in config.items() if not k.startswith("_")})
-        unknown = sorted(k for k in c if k not in DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown VAE config fields: {', '.join(unknown)}")
+        c = build_config("VAE", DEFAULTS, config)
         if c.act_fn != "silu":
             raise ValueError(f"unsupported VAE act_fn {c.act_fn!r} (Stable Diffusion's VAE uses silu)")
         self.config = c

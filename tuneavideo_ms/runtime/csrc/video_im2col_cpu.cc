@@ -6,10 +6,10 @@
 // product per frame, with the weight broadcast to every frame and kept for
 // the backward (100 MB in a mid training step).
 //
-// VideoIm2Col(x, geometry) -> cols        x [b, c, f, h, w], cols [b, c*k*k, f*h'*w']
-// VideoCol2Im(dcols, geometry, frame) -> dx
-// all float32. The geometry is in shapes, never values: geometry [k, stride,
-// padding + 1] and frame [h, w] are placeholders whose shapes carry it, since
+// VideoIm2Col(x, settings) -> cols        x [b, c, f, h, w], cols [b, c*k*k, f*h'*w']
+// VideoCol2Im(dcols, settings, frame) -> dx
+// all float32. The convolution's settings are in shapes, never values: settings [k, stride,
+// padding + 1] and frame [h, w] are placeholders whose shapes carry them, since
 // MindSpore infers an aot operator's output shape from its inputs' shapes.
 #include <cstring>
 
@@ -17,11 +17,11 @@
 
 namespace {
 
-struct Geometry {
+struct Settings {
   int64_t b, c, f, h, w, k, stride, pad, out_h, out_w;
 
-  Geometry(const int64_t *x, const int64_t *geometry)
-      : b(x[0]), c(x[1]), f(x[2]), h(x[3]), w(x[4]), k(geometry[0]), stride(geometry[1]), pad(geometry[2] - 1),
+  Settings(const int64_t *x, const int64_t *settings)
+      : b(x[0]), c(x[1]), f(x[2]), h(x[3]), w(x[4]), k(settings[0]), stride(settings[1]), pad(settings[2] - 1),
         out_h((h + 2 * pad - k) / stride + 1), out_w((w + 2 * pad - k) / stride + 1) {}
 
   int64_t cols() const { return f * out_h * out_w; }
@@ -42,7 +42,7 @@ bool valid_call(int nparam, int inputs, int *ndims, const char **dtypes) {
 extern "C" int VideoIm2Col(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                            void *) {
   if (!valid_call(nparam, 2, ndims, dtypes) || ndims[0] != 5) return 1;
-  const Geometry g(shapes[0], shapes[1]);
+  const Settings g(shapes[0], shapes[1]);
   const float *x = static_cast<const float *>(params[0]);
   float *cols = static_cast<float *>(params[2]);
   // an item: the k*k rows of one channel of one clip
@@ -78,7 +78,7 @@ extern "C" int VideoIm2Col(int nparam, void **params, int *ndims, int64_t **shap
 extern "C" int VideoCol2Im(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                            void *) {
   if (!valid_call(nparam, 3, ndims, dtypes) || ndims[2] != 2 || ndims[3] != 5) return 1;
-  const Geometry g(shapes[3], shapes[1]);
+  const Settings g(shapes[3], shapes[1]);
   const float *dcols = static_cast<const float *>(params[0]);
   float *dx = static_cast<float *>(params[3]);
   // an item: one channel of one clip, the sum over its k*k rows (no two items write the same plane)

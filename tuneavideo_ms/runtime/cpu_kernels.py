@@ -21,7 +21,7 @@ import tempfile
 
 from mindspore import nn, ops
 
-from tuneavideo_ms import graph_cache
+from tuneavideo_ms.runtime.paths import cache_home
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ SOURCES = [os.path.join(CSRC, name) for name in ("threads.cc", "attention_cpu.cc
                                                  "group_norm_cpu.cc", "geglu_cpu.cc", "video_im2col_cpu.cc",
                                                  "adamw_cpu.cc")]
 HEADERS = [os.path.join(CSRC, name) for name in ("kernels.h", "vector_math.h")]
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC",
+         "-pthread"]
 _library = {}
 
 
@@ -52,15 +53,15 @@ def build_library(cache_dir=None):
     compiler = shutil.which("g++")
     path = None
     if compiler is None:
-        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes, norms, GEGLU, im2col, AdamW): "
-                       "falling back to MindSpore ops (slower)")
+        logger.warning("no g++ on PATH to build the CPU kernels (attention, transposes, norms, GEGLU, "
+                       "im2col, AdamW): falling back to MindSpore ops (slower)")
     else:
         digest = hashlib.sha256(" ".join(FLAGS).encode() + _cpu_model().encode())
         for source in SOURCES + HEADERS:
             with open(source, "rb") as f:
                 digest.update(f.read())
         key = digest.hexdigest()[:16]
-        cache_dir = cache_dir or graph_cache.cache_home()
+        cache_dir = cache_dir or cache_home()
         path = os.path.join(cache_dir, f"cpu_kernels-{key}.so")
         if not os.path.exists(path):
             path = _compile(compiler, cache_dir, path)
@@ -81,7 +82,8 @@ def _compile(compiler, cache_dir, path):
     result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
-        logger.warning("g++ failed on %s, falling back to MindSpore ops (slower):\n%s", SOURCES, result.stderr)
+        logger.warning("g++ failed on %s, falling back to MindSpore ops (slower):\n%s", SOURCES,
+                       result.stderr)
         return None
     os.replace(tmp, path)
     return path
@@ -119,7 +121,8 @@ def swap_axes_op(library):
 
     def bprop(x, out, dout):
         return (backward(dout),)
-    return ops.Custom(f"{library}:SwapAxes12", _swapped_shape, lambda dtype: dtype, func_type="aot", bprop=bprop)
+    return ops.Custom(f"{library}:SwapAxes12", _swapped_shape, lambda dtype: dtype, func_type="aot",
+                      bprop=bprop)
 
 
 def group_norm_op(library):
@@ -150,32 +153,34 @@ def conv_output_size(n, kernel_size, stride, padding):
     return (n + 2 * padding - kernel_size) // stride + 1
 
 
-def _out_size(n, geometry):
-    return conv_output_size(n, geometry[0], geometry[1], geometry[2] - 1)
+def _out_size(n, settings):
+    return conv_output_size(n, settings[0], settings[1], settings[2] - 1)
 
 
-def _cols_shape(x, geometry):
-    return [x[0], x[1] * geometry[0] ** 2, x[2] * _out_size(x[3], geometry) * _out_size(x[4], geometry)]
+def _cols_shape(x, settings):
+    return [x[0], x[1] * settings[0] ** 2, x[2] * _out_size(x[3], settings) * _out_size(x[4], settings)]
 
 
-def _clip_shape(dcols, geometry, frame):
+def _clip_shape(dcols, settings, frame):
     h, w = frame
-    return [dcols[0], dcols[1] // geometry[0] ** 2, dcols[2] // (_out_size(h, geometry) * _out_size(w, geometry)), h, w]
+    return [dcols[0], dcols[1] // settings[0] ** 2,
+            dcols[2] // (_out_size(h, settings) * _out_size(w, settings)), h, w]
 
 
 def video_im2col_op(library):
-    """(x [b, c, f, h, w], geometry) -> columns [b, c * k * k, f * h' * w'] of
-    every frame's k x k windows. `geometry`, zeros of shape [k, stride,
+    """(x [b, c, f, h, w], settings) -> columns [b, c * k * k, f * h' * w'] of
+    every frame's k x k windows. `settings`, zeros of shape [k, stride,
     padding + 1], carries the convolution's settings in its shape, and the
     backward's frame placeholder [h, w] the clip's size: MindSpore infers
     shapes of every aot operator of one name with the first one's function
     and from shapes alone."""
-    backward = ops.Custom(f"{library}:VideoCol2Im", _clip_shape, lambda dcols, geometry, frame: dcols,
+    backward = ops.Custom(f"{library}:VideoCol2Im", _clip_shape, lambda dcols, settings, frame: dcols,
                           func_type="aot")
 
-    def bprop(x, geometry, out, dout):
-        return backward(dout, geometry, ops.zeros(x.shape[3:], x.dtype)), ops.zeros_like(geometry)
-    return ops.Custom(f"{library}:VideoIm2Col", _cols_shape, lambda x, geometry: x, func_type="aot", bprop=bprop)
+    def bprop(x, settings, out, dout):
+        return backward(dout, settings, ops.zeros(x.shape[3:], x.dtype)), ops.zeros_like(settings)
+    return ops.Custom(f"{library}:VideoIm2Col", _cols_shape, lambda x, settings: x, func_type="aot",
+                      bprop=bprop)
 
 
 def adamw_op(library):
