@@ -65,10 +65,18 @@ for i in "${!configs[@]}"; do
     logs+=("$log_dir/$i-${names[$i]}")
 done
 
+# A compile cache folder per card: the jobs of one card run one after another and reuse its graphs; two jobs
+# at once never write the same graph's folder.
+graphs="${TUNEAVIDEO_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tuneavideo_ms/graphs}"
+cache_of() {
+    if [ "${graphs,,}" = "off" ]; then echo off; else echo "$graphs/card-$1"; fi
+}
+
 run_job() {
     local i=$1 slot=$2 start status
     start=$(date +%s)
-    DEVICE_ID=$slot "$python" "$repo/tools/train.py" --config "${configs[$i]}" "${overrides[@]}" > "${logs[$i]}.log" 2>&1
+    DEVICE_ID=$slot TUNEAVIDEO_COMPILE_CACHE="$(cache_of "$slot")" \
+        "$python" "$repo/tools/train.py" --config "${configs[$i]}" "${overrides[@]}" > "${logs[$i]}.log" 2>&1
     status=$?
     echo "$status $(( $(date +%s) - start ))" > "${logs[$i]}.status"
     if [ $status -eq 0 ]; then

@@ -147,7 +147,9 @@ class TrainStep(CachedCompile, nn.Cell):
         grads = hyper_map(ops.partial(_scale, 1.0 / (loss_scale * micro_batches)), grads)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
-        finite = ops.isfinite(ops.addn(hyper_map(ops.sum, grads)))
+        # all_finite, not isfinite(sum): fp16 saturates instead of overflowing on 910A and under
+        # MS_ASCEND_CHECK_OVERFLOW_MODE=SATURATION_MODE, and all_finite checks in either mode
+        finite = ms.amp.all_finite(grads)
         self.optimizer(clip_grad_norm(grads, self.max_grad_norm), lr, finite)
         return total / micro_batches, finite
 

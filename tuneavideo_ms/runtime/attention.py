@@ -161,28 +161,40 @@ def _pad_heads(x, heads, pad):
     return ops.pad(x.reshape(b, length, heads, inner // heads), (0, pad)).reshape(b, length, -1)
 
 
-FLASH_MAX_HEAD_DIM = 512  # FlashAttentionScore: head dims a multiple of 16, at most 512; fp16/bf16 only
+# FlashAttentionScore's documented limits: fp16 or bf16 inputs, 1 to 256 heads, head dims a multiple of 16
+# up to 512, and (for some CANN versions) a batch of at most 2048
+FLASH_MAX_HEADS = 256
+FLASH_MAX_HEAD_DIM = 512
+FLASH_MAX_BATCH = 2048
+# rows of keys shorter than this (temporal attention over frames, whose batch is every pixel) run faster on
+# MindSpore's plain ops
+FLASH_MIN_KEYS = 64
 
 
-def flash_attention(kernel, half=ms.float16):
+def flash_attention(kernel):
     """An attention(q, k, v, heads, scale, upcast) running `kernel`, which has
     ops.flash_attention_score's signature, in its [batch, length, heads * dim]
     (BSH) layout: the layout our cells use, so no transposes. Head dims are
     zero-padded to a multiple of 16 (zeros change neither q.k nor, once cut
-    off, the output), so SD 1.x's 40 and 80 qualify; fp32 inputs run in `half`
-    (the kernel's softmax is fp32 inside, so `upcast` holds). Tests plug the
-    portable attention in as `kernel` with half=None."""
+    off, the output), so SD 1.x's 40 and 80 qualify; the kernel's softmax is
+    fp32 inside, so `upcast` holds.
+
+    Only half-precision attention runs the kernel. fp32 inputs (a run without
+    mixed precision) take the portable path: cast to fp16 for the kernel, their
+    gradients would fall below fp16's range with no loss scale to lift them.
+    Masked attention, short rows of keys and what exceeds the kernel's limits
+    take it too."""
     def attention(q, k, v, heads, scale, upcast, mask=None):
         b, lq, inner = q.shape
+        lk = k.shape[1]
         d = inner // heads
-        if mask is not None or d > FLASH_MAX_HEAD_DIM:
+        if mask is not None or q.dtype == ms.float32 or lk < FLASH_MIN_KEYS or b > FLASH_MAX_BATCH or \
+                heads > FLASH_MAX_HEADS or d > FLASH_MAX_HEAD_DIM:
             return attention_portable(q, k, v, heads, scale, upcast, mask)
-        dtype, pad = q.dtype, -d % 16
+        pad = -d % 16
         if pad:
             q, k, v = _pad_heads(q, heads, pad), _pad_heads(k, heads, pad), _pad_heads(v, heads, pad)
-        if half is not None and dtype == ms.float32:
-            q, k, v = q.astype(half), k.astype(half), v.astype(half)
-        out = kernel(q, k, v, heads, scalar_value=scale, input_layout="BSH").astype(dtype)
+        out = kernel(q, k, v, heads, scalar_value=float(scale), input_layout="BSH")
         if pad:
             out = out.reshape(b, lq, heads, d + pad)[:, :, :, :d].reshape(b, lq, inner)
         return out

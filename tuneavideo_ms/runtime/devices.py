@@ -3,6 +3,7 @@
 setup() chooses; models need not call it: the first model cell built sets up with the defaults (the
 first available device, MindSpore's current mode, the fast kernels), as diffusers needs no set-up.
 """
+import contextlib
 import dataclasses
 import logging
 import os
@@ -62,6 +63,21 @@ def current() -> Runtime:
     if _current is None:
         setup()
     return _current
+
+
+@contextlib.contextmanager
+def using(registry: Kernels):
+    """Models built inside take `registry`'s kernels (the self-check builds a device's fast kernels and
+    the portable ones side by side; tests build Ascend's on CPU). The runtime's own comes back after."""
+    global _current
+    saved = current()
+    _current = dataclasses.replace(saved, kernels=registry)
+    transpose.use(registry.library)
+    try:
+        yield registry
+    finally:
+        _current = saved
+        transpose.use(saved.kernels.library)
 
 
 def kernels() -> Kernels:
