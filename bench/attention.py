@@ -37,9 +37,8 @@ def run_torch(job, threads, repeat):
     import torch
     torch.set_num_threads(threads)
     q, k, v, w = (torch.from_numpy(a) for a in _inputs())
-    heads = [x.reshape(FRAMES, -1, HEADS, DIM).transpose(1, 2).requires_grad_(job != "forward") for x in (q,
-                                                                                                          k,
-                                                                                                          v)]
+    grad = job != "forward"
+    heads = [x.reshape(FRAMES, -1, HEADS, DIM).transpose(1, 2).requires_grad_(grad) for x in (q, k, v)]
 
     def call():
         with torch.set_grad_enabled(job != "forward"):

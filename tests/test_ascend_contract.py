@@ -40,8 +40,9 @@ def recording_flash(query, key, value, head_num, scalar_value=1.0, input_layout=
 def check_flash_calls(calls):
     assert calls, "no attention reached FlashAttention"
     for call in calls:
-        (q_shape, q_dtype), (k_shape, k_dtype), (v_shape, v_dtype) = (call.arguments[n] for n in
-                                                                    ("query", "key", "value"))
+        q_shape, q_dtype = call.arguments["query"]
+        k_shape, k_dtype = call.arguments["key"]
+        v_shape, v_dtype = call.arguments["value"]
         heads, layout = call.arguments["head_num"], call.arguments["input_layout"]
         assert q_dtype == k_dtype == v_dtype and q_dtype in (ms.float16, ms.bfloat16), call
         assert layout == "BSH" and len(q_shape) == len(k_shape) == 3 and k_shape == v_shape, call

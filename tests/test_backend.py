@@ -86,8 +86,8 @@ def test_clip_conv_in_mixed_precision(rng, jit):
     conv = conv_kernels.ClipIm2ColConv(cpu_kernels.build_library(), 3, 1, 1).to_float(ms.float16)
     want = conv_kernels.FrameConv(conv_kernels.conv2d_portable, 3, 1, 1)(x, w, b).asnumpy()
     for dtype in (ms.float32, ms.float16):
-        got = (ms.jit(conv.construct) if jit else conv)(x.astype(dtype), w.reshape(8, -1).astype(dtype),
-                                                        b.astype(dtype))
+        run = ms.jit(conv.construct) if jit else conv
+        got = run(x.astype(dtype), w.reshape(8, -1).astype(dtype), b.astype(dtype))
         assert got.dtype == ms.float16
         assert rel_err(got.asnumpy().astype(np.float32), want) < 2e-3
 
@@ -124,8 +124,8 @@ def test_fused_cpu_attention_equals_portable(rng, monkeypatch, kernel_threads, h
     monkeypatch.setattr(attention_kernels, "FUSED_MIN_KEYS", 0)
     monkeypatch.setattr(attention_kernels, "FUSED_MIN_SCORES", 0)
     kernel_threads(threads)
-    q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2) for n in (lq, lk,
-                                                                                                   lk))
+    q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2)
+               for n in (lq, lk, lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
     fused = attention_kernels.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())
     assert fused.fused is not None, "the kernel did not build (see the log)"

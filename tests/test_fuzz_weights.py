@@ -34,8 +34,8 @@ CHILD = textwrap.dedent('''
                 if info.filename.endswith("data.pkl"):
                     body = bytearray(body)
                     pos, width = rnd.choice(pickle_ints(bytes(body)))
-                    value = rnd.choice([0, 1, 2, 3, 255, 256, 65535, 2 ** 31 - 1, rnd.randrange(2 ** (8 *
-                    width))])
+                    value = rnd.choice([0, 1, 2, 3, 255, 256, 65535, 2 ** 31 - 1,
+                                        rnd.randrange(2 ** (8 * width))])
                     body[pos:pos + width] = (value % 2 ** (8 * width)).to_bytes(width, "little")
                     body = bytes(body)
                 zf.writestr(info.filename, body)

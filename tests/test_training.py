@@ -212,9 +212,8 @@ def test_config_errors(tmp_path):
         load_config(None, base + ["use_8bit_adam=true"])
     with pytest.raises(ValueError, match="config needs train_data.prompt"):
         load_config(None, base[:3])
-    for path in [os.path.join(REPO, "configs", f"{n}.yaml") for n in ("man-skiing", "man-surfing",
-                                                                      "rabbit-watermelon",
-                                                                      "car-turn")] + [DEMO_CONFIG]:
+    clips = ("man-skiing", "man-surfing", "rabbit-watermelon", "car-turn")
+    for path in [os.path.join(REPO, "configs", f"{n}.yaml") for n in clips] + [DEMO_CONFIG]:
         config = load_config(path)
         assert config.train_data.prompt
         # the example clips are inside the checkout (the demo's path is set by `python -m tuneavideo_ms`)
@@ -290,9 +289,8 @@ def test_gradient_accumulation_equals_the_larger_batch(rng):
     class Toy(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.weight = ms.Parameter(ms.Tensor(np.linspace(0.5, 1.5, 4, dtype=np.float32).reshape(1, 4, 1,
-                                                                                                    1, 1)),
-                                       name="weight")
+            ramp = np.linspace(0.5, 1.5, 4, dtype=np.float32).reshape(1, 4, 1, 1, 1)
+            self.weight = ms.Parameter(ms.Tensor(ramp), name="weight")
 
         def construct(self, x, t, context):
             return x * self.weight + context.mean() + t.reshape(-1, 1, 1, 1, 1) * 1e-3

@@ -103,9 +103,8 @@ def _pool_over_frames(gn, video_length):
 def _temporal_hook(block, video_length):
     def hook(module, args, output):
         bf, d, c = output.shape
-        x = output.reshape(bf // video_length, video_length, d, c).permute(0, 2, 1, 3).reshape(-1,
-                                                                                               video_length,
-                                                                                               c)
+        x = output.reshape(bf // video_length, video_length, d, c).permute(0, 2, 1, 3)
+        x = x.reshape(-1, video_length, c)
         x = module.attn_temp(module.norm_temp(x)) + x
         return x.reshape(bf // video_length, d, video_length, c).permute(0, 2, 1, 3).reshape(bf, d, c)
     block.register_forward_hook(hook)

@@ -19,8 +19,8 @@ def is_hub_id(path):
 
 def _offline():
     from huggingface_hub import constants
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES",
-                                                                                        "TRUE")
+    flag = os.environ.get("HF_HUB_OFFLINE", "").upper()
+    return constants.HF_HUB_OFFLINE or flag in ("1", "ON", "YES", "TRUE")
 
 
 def resolve(path):

@@ -181,9 +181,10 @@ class TuneAVideoPipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if negative_prompt is None:
             negatives = [""] * len(prompts)
+        elif isinstance(negative_prompt, str):
+            negatives = [negative_prompt] * len(prompts)
         else:
-            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt,
-                                                                       str) else list(negative_prompt)
+            negatives = list(negative_prompt)
         if len(negatives) != len(prompts):
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
         height = height or self.unet.config.sample_size * self.vae_scale_factor

@@ -305,8 +305,9 @@ def main(config: DictConfig) -> str:
 
 
 def _train(c, pixels, rank, world_size):
-    seed = c.seed if c.seed is not None else _shared_seed(int(np.random.SeedSequence().entropy % 2 ** 32),
-                                                          rank, world_size)
+    seed = c.seed
+    if seed is None:
+        seed = _shared_seed(int(np.random.SeedSequence().entropy % 2 ** 32), rank, world_size)
     unet = UNet3DConditionModel.from_pretrained_2d(c.pretrained_model_path, subfolder="unet")
     pipe = TuneAVideoPipeline.from_pretrained(c.pretrained_model_path, unet=unet)
     noise_scheduler = pipe.scheduler  # training reads only its noise schedule, which sampling never changes

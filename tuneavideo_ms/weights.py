@@ -593,8 +593,8 @@ def find_weights(folder, names, variant=None):
         for index in _index_names(name, variant):
             if os.path.isfile(os.path.join(folder, index)):
                 return _shards(os.path.join(folder, index))
-    present = sorted(n for n in os.listdir(folder) if is_weight_file(n,
-                                                                     names)) if os.path.isdir(folder) else []
+    listed = os.listdir(folder) if os.path.isdir(folder) else []
+    present = sorted(n for n in listed if is_weight_file(n, names))
     wanted = f"the {variant} variant of " if variant else ""
     hint = f"; found {', '.join(present)}" if present else ""
     if present and variant is None:

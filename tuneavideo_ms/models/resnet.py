@@ -55,8 +55,8 @@ class Upsample3D(nn.Cell):
 
     def construct(self, x, output_size=None):
         b, c, f, h, w = x.shape
-        x = ops.broadcast_to(x.reshape(b, c, f, h, 1, w, 1), (b, c, f, h, 2, w, 2)).reshape(b, c, f, 2 * h,
-                                                                                            2 * w)
+        x = ops.broadcast_to(x.reshape(b, c, f, h, 1, w, 1), (b, c, f, h, 2, w, 2))
+        x = x.reshape(b, c, f, 2 * h, 2 * w)
         if output_size is not None and (output_size[0] != 2 * h or output_size[1] != 2 * w):
             x = x[:, :, :, :output_size[0], :output_size[1]]
         return self.conv(x)

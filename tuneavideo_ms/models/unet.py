@@ -59,8 +59,8 @@ def inflate_config(config):
     config["_class_name"] = "UNet3DConditionModel"
     config["down_block_types"] = [t.replace("2D", "3D") for t in config.get("down_block_types",
                                                                             DEFAULTS["down_block_types"])]
-    config["up_block_types"] = [t.replace("2D", "3D") for t in config.get("up_block_types",
-                                                                          DEFAULTS["up_block_types"])]
+    up_block_types = config.get("up_block_types", DEFAULTS["up_block_types"])
+    config["up_block_types"] = [t.replace("2D", "3D") for t in up_block_types]
     if config.get("mid_block_type", DEFAULTS["mid_block_type"]) is not None:
         config["mid_block_type"] = "UNetMidBlock3DCrossAttn"
     return config
