@@ -1,5 +1,6 @@
 """The compile cache: a graph's folder changes with anything the graph is made
-of, and a training step loaded from it trains the weights loaded now."""
+of, a run loads every graph an earlier run compiled, in any order, and a
+training step loaded from it trains the weights loaded now."""
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ class Toy(nn.Cell):
 
 
 def _folder(cell, shape=(1, 4, 2, 2, 2), dtype=ms.float32):
-    return CompileCache("/cache").folder(cell, [Tensor(np.zeros(shape), dtype)])
+    return CompileCache("/cache").graph_folder(cell, [Tensor(np.zeros(shape), dtype)])
 
 
 def test_graph_folder_follows_what_the_graph_is_made_of(monkeypatch):
@@ -72,8 +73,8 @@ inputs = (t(1, 4, 2, 2, 2), t(1, 4, 2, 2, 2), t(1, 1, 4, 2, 2, 2), t(1, 1, 4, 2,
 alpha(0.8),
           ms.Tensor([[10.0]]), t(1, 3, 5), ms.Tensor(1.0), ms.Tensor(0.1))
 losses = [float(step(*inputs)[0].asnumpy()) for _ in range(2)]
-step(*inputs[:-3], t(1, 3, 6), *inputs[-2:])  # a second graph: compiled, not cached (one per process)
-print("RESULT", json.dumps([losses, toy.weight.asnumpy().ravel().tolist()]))
+other = float(step(*inputs[:-3], t(1, 3, 6), *inputs[-2:])[0].asnumpy())  # a second graph
+print("RESULT", json.dumps([losses, other, toy.weight.asnumpy().ravel().tolist()]))
 """
 
 
@@ -97,11 +98,10 @@ def _files(folder):
 def test_cached_training_step_trains_the_loaded_weights(tmp_path):
     cache = tmp_path / "graphs"
     first, compiles, in_child = _train(tmp_path, 0, cache)
-    # compiled once, by a forked child; the process itself loaded the graph
-    assert compiles == 1 and in_child
+    # two graphs, each compiled once, by a forked child; the process itself loaded them
+    assert compiles == 2 and in_child
     graphs = _files(cache)
-    mindir = [os.path.basename(name) for name in graphs if name.endswith(".mindir")]
-    assert mindir == ["compile_cache_0.mindir"]
+    assert len(graphs) == 2 and all(name.endswith("compile_cache_#.mindir") for name in graphs)
     other_weights, compiles, in_child = _train(tmp_path, 1, cache)
     assert _files(cache) == graphs and compiles == 0 and not in_child  # loaded, not compiled again
     assert other_weights == _train(tmp_path, 1, "off")[0] != first
@@ -168,11 +168,13 @@ def test_unet_step_with_shared_graphs_equals_one_without(tmp_path):
 
 def test_an_incomplete_stored_graph_is_removed(tmp_path):
     folder = tmp_path / "graph"
-    (folder / "rank_0").mkdir(parents=True)
-    (folder / "rank_0" / "graph.mindir").write_bytes(b"")  # a writer killed mid-write
+    folder.mkdir()
+    (folder / "compile_cache_#.mindir").write_bytes(b"")  # a full disk
     assert not holds_graph(str(folder)) and not folder.exists()
-    (folder / "rank_0").mkdir(parents=True)
-    (folder / "rank_0" / "graph.mindir").write_bytes(b"graph")
+    folder.mkdir()
+    assert not holds_graph(str(folder)) and not folder.exists()
+    folder.mkdir()
+    (folder / "compile_cache_#.mindir").write_bytes(b"graph")
     assert holds_graph(str(folder))
 
 
@@ -215,3 +217,83 @@ def test_the_compile_child_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("TUNEAVIDEO_COMPILE_CHILD", "off")
     assert not compile_child.available()
     assert not compile_child.compile_and_store(None, lambda: pytest.fail("compiled in a child"))
+
+
+CONSTANTS = """
+import json, logging, sys
+import mindspore as ms, numpy as np
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {tests!r})
+from test_graph_cache import Toy
+from tuneavideo_ms import runtime
+from tuneavideo_ms.runtime.compile_cache import CachedCompile
+runtime.setup("CPU", "graph")
+
+class CachedToy(CachedCompile, Toy):
+    pass
+
+x, t, context = (ms.Tensor(np.ones(s, np.float32)) for s in ((1, 4, 2, 2, 2), (1,), (1, 3, 5)))
+print("RESULT", json.dumps([float(CachedToy(scale=float(s))(x, t, context).asnumpy()[0, 0, 0, 0, 0])
+                            for s in sys.argv[1:]]))
+"""
+
+
+def test_a_graph_is_loaded_for_its_own_constants_in_any_order(tmp_path):
+    """Graphs of one cell class and input shapes, other constants: each run gets its own, whatever order a
+    process compiles them in (MindSpore alone numbers them by compile order and would swap them)."""
+    script = tmp_path / "constants.py"
+    script.write_text(CONSTANTS.format(tests=os.path.join(REPO, "tests")))
+    env = dict(os.environ, PYTHONPATH=REPO, GLOG_v="2")
+
+    def run(*scales, cache=tmp_path / "graphs"):
+        out = subprocess.run([sys.executable, str(script), *map(str, scales)], capture_output=True, text=True,
+                             env=dict(env, TUNEAVIDEO_COMPILE_CACHE=str(cache)), check=True)
+        loads = out.stderr.count("loading the graph, compiled by an earlier run")
+        return json.loads(out.stdout.split("RESULT", 1)[1]), loads, out.stderr.count(
+            "Execute all the compilation actions")
+
+    right = dict(zip((2, 3, 5, 7), run(2, 3, 5, 7, cache="off")[0]))
+    assert len(set(right.values())) == 4
+    assert run(2, 3, 5) == ([right[2], right[3], right[5]], 0, 3)
+    assert run(5, 7, 2) == ([right[5], right[7], right[2]], 2, 1)  # loaded 5 and 2, compiled 7
+
+
+EDIT = """
+import logging, sys
+import mindspore as ms, numpy as np
+logging.basicConfig(level=logging.INFO)
+from tuneavideo_ms import runtime
+from tuneavideo_ms.data import read_video
+from tuneavideo_ms.editing import invert_clip
+from tuneavideo_ms.pipelines import TuneAVideoPipeline
+runtime.setup("CPU", "graph")
+model, clip, out, order = sys.argv[1:]
+pipe = TuneAVideoPipeline.from_pretrained(model)
+if order == "decoder first":
+    pipe.decode_latents(np.zeros((1, 4, 2, 8, 8), np.float32))
+latents = pipe.encode_video(read_video(clip, 2, 64, 64)[None])
+noise = invert_clip(pipe, latents, 2)
+videos = [pipe(prompt, latents=noise, video_length=2, height=64, width=64, num_inference_steps=2,
+               guidance_scale=7.5).videos for prompt in ("a man is skiing", "a panda is skiing")]
+np.save(out, np.stack(videos))
+"""
+
+
+def test_a_second_edit_loads_every_graph_and_compiles_none(tmp_path):
+    """Inversion and two prompts, run twice (the second starting with another graph): the second run
+    loads all five graphs, compiles none, and gives the same videos bit for bit."""
+    from conftest import BUNDLED_CLIP
+    from tuneavideo_ms import tiny
+    model = tiny.build_tiny_sd(str(tmp_path / "tiny-sd"))
+    script = tmp_path / "edit.py"
+    script.write_text(EDIT)
+    env = dict(os.environ, PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=str(tmp_path / "graphs"), GLOG_v="2")
+    runs = []
+    for i, order in enumerate(("as the editor", "decoder first")):
+        out = subprocess.run([sys.executable, str(script), model, BUNDLED_CLIP, str(tmp_path / f"{i}.npy"),
+                              order], env=env, capture_output=True, text=True, check=True)
+        runs.append((out.stderr.count(", compiled by an earlier run"),
+                     out.stderr.count("Execute all the compilation actions")))
+    # the VAE encoder and decoder, the text encoder, the denoiser and the guided denoiser
+    assert runs == [(0, 5), (5, 0)]
+    assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))

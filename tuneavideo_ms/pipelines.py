@@ -33,12 +33,11 @@ class GuidedDenoiser(CachedCompile, nn.Cell):
     across steps, prompts and videos (the timestep and guidance scale are
     tensor inputs, not constants)."""
 
-    graph_name = "the denoiser (UNet and guidance)"
-
     def __init__(self, unet, guided):
         super().__init__()
         self.unet = unet
         self.guided = guided
+        self.graph_name = "the guided denoiser (UNet and guidance)" if guided else "the denoiser (UNet)"
 
     def construct(self, latents, timestep, context, guidance_scale):
         if self.guided:
@@ -47,6 +46,20 @@ class GuidedDenoiser(CachedCompile, nn.Cell):
             return uncond + guidance_scale * (cond - uncond)
         # a mixed-precision UNet answers in fp16; the scheduler's arithmetic stays fp32
         return self.unet(latents, timestep, context).astype(ms.float32)
+
+
+class ModelGraph(CachedCompile, nn.Cell):
+    """One of a model's methods as a cell of its own: in graph mode it compiles once per input shape (or
+    loads from the compile cache) and is reused for every call."""
+
+    def __init__(self, model, method, graph_name):
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.graph_name = graph_name
+
+    def construct(self, *inputs):
+        return getattr(self.model, self.method)(*inputs)
 
 
 def _log_unused_components(root):
@@ -72,7 +85,7 @@ class TuneAVideoPipeline:
             vae, text_encoder, tokenizer, unet, scheduler)
         self.vae_batch_size = vae_batch_size
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self._denoisers = {}
+        self._graphs = {}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_path: str, unet: Optional[UNet3DConditionModel] = None,
@@ -116,7 +129,15 @@ class TuneAVideoPipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="np").input_ids
-        return self.text_encoder(ms.Tensor(ids.astype(np.int32)))[0]
+        encode = self._graph(self.text_encoder, "construct", "the text encoder")
+        return encode(ms.Tensor(ids.astype(np.int32)))[0]
+
+    def _graph(self, model, method, name):
+        """`model`'s `method` as a ModelGraph, one per model and method."""
+        key = (id(model), method)  # the graph holds the model, so its id stays its own
+        if key not in self._graphs:
+            self._graphs[key] = ModelGraph(model, method, name)
+        return self._graphs[key]
 
     # ------------------------------------------------------------------------- VAE
 
@@ -146,7 +167,7 @@ class TuneAVideoPipeline:
         b, _, f, h, w = pixels.shape
         check_frame_size(h, w, self.vae_scale_factor)
         frames = pixels.transpose(0, 2, 1, 3, 4).reshape(b * f, 3, h, w)
-        mean, std = self._frames_in_chunks(self.vae.encode, frames)
+        mean, std = self._frames_in_chunks(self._graph(self.vae, "encode", "the VAE encoder"), frames)
         c, lh, lw = mean.shape[1:]
         return tuple(t.reshape(b, f, c, lh, lw).transpose(0, 2, 1, 3, 4) for t in (mean, std))
 
@@ -155,7 +176,7 @@ class TuneAVideoPipeline:
         latents = as_tensor(latents) / self.vae.config.scaling_factor
         b, c, f, h, w = latents.shape
         frames = latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        video = self._frames_in_chunks(self.vae.decode, frames)
+        video = self._frames_in_chunks(self._graph(self.vae, "decode", "the VAE decoder"), frames)
         _, c, hh, ww = video.shape
         video = video.reshape(b, f, c, hh, ww).transpose(0, 2, 1, 3, 4)
         return np.clip(video.asnumpy().astype(np.float32) / 2 + 0.5, 0, 1)
@@ -168,10 +189,11 @@ class TuneAVideoPipeline:
         guided = guidance_scale > 1.0
         latents = as_tensor(latents)
         self.unet._check_inputs(latents, context, None)
-        if guided not in self._denoisers:
-            self._denoisers[guided] = GuidedDenoiser(self.unet, guided)
+        key = (id(self.unet), guided)
+        if key not in self._graphs:
+            self._graphs[key] = GuidedDenoiser(self.unet, guided)
         t = ms.Tensor(np.array([timestep], np.float32))
-        return self._denoisers[guided](latents, t, context, ms.Tensor(np.float32(guidance_scale)))
+        return self._graphs[key](latents, t, context, ms.Tensor(np.float32(guidance_scale)))
 
     def __call__(self, prompt: Union[str, Sequence[str]], video_length: int = 8, height: Optional[int] = None,
                  width: Optional[int] = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,

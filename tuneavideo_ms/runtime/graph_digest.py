@@ -10,8 +10,15 @@ from mindspore import Parameter, Tensor, nn
 from mindspore.ops.primitive import Primitive
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Cell attributes that differ between two builds of the same cell
-_VOLATILE = frozenset({"_create_time"})
+# Cell attributes that differ between two builds of the same cell, or that MindSpore (measured: 2.10) and
+# CachedCompile set on a cell when it compiles, so that a compile would change the keys of later graphs
+_VOLATILE = frozenset({
+    "_create_time", "_compiled_signatures", "__compile_cell_hook__", "__parse_method__", "_compile_phase",
+    "_compiled", "_has_mutable_args_list", "_is_check_and_refresh", "_lazy_backward_hook",
+    "_lazy_backward_pre_hook", "_lazy_forward_hook", "_lazy_forward_pre_hook", "_phase_cache", "_scope",
+    "arguments_key", "current_phase", "sequence_modified"})
+# set empty by a compile where no flag was added
+_VOLATILE_WHEN_EMPTY = frozenset({"_func_graph_flags"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,7 +68,7 @@ def _describe(value, digest, names):
 
 def _describe_attributes(obj, digest, names):
     for name, value in sorted(vars(obj).items()):
-        if name not in _VOLATILE:
+        if name not in _VOLATILE and not (name in _VOLATILE_WHEN_EMPTY and not value):
             digest.update(name.encode())
             _describe(value, digest, names)
 
