@@ -127,6 +127,40 @@ def run_mindspore(name, job, folder, threads, repeat):
     return best_of(lambda: step(*args)[0].asnumpy(), repeat)
 
 
+def count_flops(name):
+    """GFLOP of one forward and of one training step's forward and backward (PyTorch's count of the
+    oracle's matrix products and convolutions, the work both frameworks do)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from torch_reference import VideoUNetOracle, make_unet_2d
+    config = _unet_config(name)
+    model = VideoUNetOracle(make_unet_2d(config), CONFIGS[name]["frames"])
+    sample, context, noise = (torch.from_numpy(a) for a in _inputs(name, config["cross_attention_dim"]))
+    t = torch.tensor([500])
+    for n, p in model.named_parameters():
+        p.requires_grad_(any(m in n for m in MODULES))
+    counts = {}
+    for job in ("forward", "train"):
+        with FlopCounterMode(display=False) as counter:
+            if job == "forward":
+                with torch.no_grad():
+                    model(sample, t, context)
+            else:
+                torch.nn.functional.mse_loss(model(sample, t, context), noise).backward()
+        counts[job] = counter.get_total_flops() / 1e9
+    return counts
+
+
+def sgemm_rate(threads, size=2048, repeat=5):
+    """The machine's single-precision matrix-multiply rate in GFLOP/s: the best of `repeat` products of two
+    size x size matrices (PyTorch's, on `threads` threads)."""
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size ** 3 / best_of(lambda: torch.mm(a, b), repeat) / 1e9
+
+
 def _child(framework, name, job, folder, threads, repeat, cache):
     """Runs one job in a fresh process; returns (seconds, peak memory in GiB), or None if it was killed."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO, TUNEAVIDEO_COMPILE_CACHE=cache)
@@ -236,9 +270,32 @@ def main():
             else:
                 ratio = peaks[key] / peaks["torch"]
                 print(f"| {name} | {row} | {peaks['torch']:.2f} | {peaks[key]:.2f} | {ratio:.2f}x |")
+    _print_rates(args, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def _print_rates(args, results):
+    """The achieved GFLOP/s of each framework against the machine's sgemm rate, measured now."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=REPO)
+    bench = os.path.join(REPO, "bench")
+    sgemm = run_python(f"import sys; sys.path.insert(0, {bench!r}); import unet, json; "
+                       f"print('RESULT', json.dumps(unet.sgemm_rate({args.threads})))", env)[0]
+    print(f"\nThe machine's limit: sgemm of 2048x2048 matrices, {args.threads} threads: "
+          f"{sgemm:.1f} GFLOP/s\n")
+    print("| config | row | GFLOP | PyTorch GFLOP/s | this project GFLOP/s | this project / sgemm |")
+    print("|---|---|---|---|---|---|")
+    for name in args.configs:
+        flops = run_python(f"import sys; sys.path.insert(0, {bench!r}); import unet, json; "
+                           f"print('RESULT', json.dumps(unet.count_flops({name!r})))", env)[0]
+        for job, counted in (("forward", "forward"), ("train", "train")):
+            r_t, r_m = results.get(f"{name}/{job}/torch"), results.get(f"{name}/{job}/mindspore")
+            if not (r_t and r_m):
+                continue
+            ours = flops[counted] / r_m[0]
+            print(f"| {name} | {job} | {flops[counted]:.1f} | {flops[counted] / r_t[0]:.1f} | {ours:.1f} | "
+                  f"{100 * ours / sgemm:.0f}% |")
 
 
 if __name__ == "__main__":
