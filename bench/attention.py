@@ -52,13 +52,14 @@ def run_mindspore(kernel, job, threads, repeat):
     import mindspore as ms
     from tuneavideo_ms import runtime
     from tuneavideo_ms.runtime import attention as kernels, cpu_kernels
+    from tuneavideo_ms.runtime.kernels import Kernels
     runtime.setup("CPU", "graph")
     ms.device_context.cpu.op_tuning.threads_num(threads)
     cpu_kernels.set_threads(threads)
     q, k, v, w = (ms.Tensor(a) for a in _inputs())
     attention = {"portable": kernels.attention_portable,
                  "blockwise": kernels.MemoryEfficientAttention(),
-                 "fused": kernels.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())}[kernel]
+                 "fused": Kernels.build("CPU").attention()}[kernel]
 
     def loss(q, k, v):
         return (attention(q, k, v, HEADS, DIM ** -0.5, False) * w).sum()

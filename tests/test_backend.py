@@ -127,7 +127,7 @@ def test_fused_cpu_attention_equals_portable(rng, monkeypatch, kernel_threads, h
     q, k, v = (ms.Tensor(rng.standard_normal((2, n, heads * dim), dtype=np.float32) * 2)
                for n in (lq, lk, lk))
     upstream = ms.Tensor(rng.standard_normal((2, lq, heads * dim), dtype=np.float32))
-    fused = attention_kernels.MemoryEfficientAttention(fused=cpu_kernels.fused_attention())
+    fused = Kernels.build("CPU").attention()
     assert fused.fused is not None, "the kernel did not build (see the log)"
     _assert_same_values_and_grads(fused, q, k, v, heads, dim, upstream)
 

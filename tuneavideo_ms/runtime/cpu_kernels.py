@@ -197,9 +197,3 @@ def set_threads(count):
     library = build_library()
     if library:
         ctypes.CDLL(library).SetThreads(int(count))
-
-
-def fused_attention():
-    """A FusedAttention on the built library, or None when it cannot be built."""
-    library = build_library()
-    return FusedAttention(library) if library else None
