@@ -55,6 +55,21 @@ def test_graph_folder_follows_what_the_graph_is_made_of(monkeypatch):
     assert CompileCache.from_environment().root is None
 
 
+def test_a_compile_leaves_the_graphs_key_as_it_was():
+    """MindSpore sets attributes on the cells it compiles; they must not change the key of a later graph
+    holding the same cells (as the guided denoiser holds the UNet the inversion compiled)."""
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        toy = Toy()
+        before = _folder(toy)
+        x = Tensor(np.ones((1, 4, 2, 2, 2), np.float32))
+        toy(x, Tensor(np.ones(1, np.float32)), Tensor(np.ones((1, 3, 5), np.float32))).asnumpy()
+        assert _folder(toy) == before
+    finally:
+        ms.set_context(mode=mode)
+
+
 STEP = """
 import json, logging, sys
 import mindspore as ms, numpy as np
