@@ -37,9 +37,6 @@ from tuneavideo_ms.runtime.paths import cache_home
 
 logger = logging.getLogger(__name__)
 
-_CACHE_VARIABLES = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
-
-
 class CompileCache:
     """The stored graphs' folder, `root` (None: off), and this process's stage (created on first use)."""
 
