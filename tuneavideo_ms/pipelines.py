@@ -132,12 +132,16 @@ class TuneAVideoPipeline:
         encode = self._graph(self.text_encoder, "construct", "the text encoder")
         return encode(ms.Tensor(ids.astype(np.int32)))[0]
 
+    def _cell(self, key, build):
+        """The graph cell `build()` makes, built once per `key` (a model's id and what runs of it: the cell
+        holds the model, so its id stays its own)."""
+        if key not in self._graphs:
+            self._graphs[key] = build()
+        return self._graphs[key]
+
     def _graph(self, model, method, name):
         """`model`'s `method` as a ModelGraph, one per model and method."""
-        key = (id(model), method)  # the graph holds the model, so its id stays its own
-        if key not in self._graphs:
-            self._graphs[key] = ModelGraph(model, method, name)
-        return self._graphs[key]
+        return self._cell((id(model), method), lambda: ModelGraph(model, method, name))
 
     # ------------------------------------------------------------------------- VAE
 
@@ -189,11 +193,9 @@ class TuneAVideoPipeline:
         guided = guidance_scale > 1.0
         latents = as_tensor(latents)
         self.unet._check_inputs(latents, context, None)
-        key = (id(self.unet), guided)
-        if key not in self._graphs:
-            self._graphs[key] = GuidedDenoiser(self.unet, guided)
+        denoiser = self._cell((id(self.unet), guided), lambda: GuidedDenoiser(self.unet, guided))
         t = ms.Tensor(np.array([timestep], np.float32))
-        return self._graphs[key](latents, t, context, ms.Tensor(np.float32(guidance_scale)))
+        return denoiser(latents, t, context, ms.Tensor(np.float32(guidance_scale)))
 
     def __call__(self, prompt: Union[str, Sequence[str]], video_length: int = 8, height: Optional[int] = None,
                  width: Optional[int] = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
