@@ -30,8 +30,11 @@ SOURCES = [os.path.join(CSRC, name) for name in ("threads.cc", "attention_cpu.cc
                                                  "group_norm_cpu.cc", "geglu_cpu.cc", "video_im2col_cpu.cc",
                                                  "adamw_cpu.cc")]
 HEADERS = [os.path.join(CSRC, name) for name in ("kernels.h", "vector_math.h")]
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC",
-         "-pthread"]
+# -fno-trapping-math: with FP exceptions kept observable, gcc neither if-converts nor vectorises the loops
+# of exp and erf (no kernel reads the exception flags); -mprefer-vector-width=256: gcc tunes some
+# -march=native targets (AMD's znver1, which virtual machines often report) to 128-bit vectors
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=256", "-fno-trapping-math", "-fopenmp-simd",
+         "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _library = {}
 
 

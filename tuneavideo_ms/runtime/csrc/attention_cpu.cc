@@ -18,7 +18,16 @@
 
 namespace {
 
-constexpr int kKeyTile = 64;  // key scores kept in registers while summing over the head dim
+// Tiles sized to the vector registers: AVX-512 has 32 of 16 floats, AVX2 16 of 8. Accumulators that
+// outgrow them spill to memory on every step of the inner loops (AVX2 with AVX-512's tiles ran the
+// forward a third slower).
+#ifdef __AVX512F__
+constexpr int kVectorFloats = 16;
+#else
+constexpr int kVectorFloats = 8;
+#endif
+// key scores kept in registers while summing over the head dim: kRows x kKeyTile floats
+constexpr int kKeyTile = kVectorFloats == 16 ? 64 : 16;
 
 struct Shape {
   int64_t b, lq, lk, heads, dim;
@@ -70,9 +79,9 @@ void rows_times(const float *const *a, const float *bt, int64_t ldb, int64_t dim
   if (j0 < n) rows_tile<false>(a, bt, ldb, dim, j0, n - j0, out, ldo);
 }
 
-typedef float Vec __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register, two AVX ones
-constexpr int kLanes = 16;
-constexpr int kDims = 8;
+typedef float Vec __attribute__((vector_size(kVectorFloats * sizeof(float))));
+constexpr int kLanes = kVectorFloats;
+constexpr int kDims = kVectorFloats == 16 ? 8 : 4;  // head dims summed at once: 2 x kDims accumulators
 
 inline Vec load(const float *x) {
   Vec v;
@@ -86,11 +95,12 @@ inline float lane_sum(Vec v) {
   return s;
 }
 
-// rows_weights_times for dims d0 .. d0 + 8 (bt at d0), two rows at a time: each
-// load of p and of bt feeds 16 accumulators held in registers (one mid
-// sparse-causal layer's forward, dim 8: 86-95 ms -> 75-78; SD's dim 40: 54 -> 37)
+// rows_weights_times for dims d0 .. d0 + kDims (bt at d0), two rows at a time: each
+// load of p and of bt feeds 2 x kDims accumulators held in registers (one mid
+// sparse-causal layer's forward on AVX-512, dim 8, against one dim at a time: 86-95 ms -> 75-78;
+// SD's dim 40: 54 -> 37)
 template <bool kAccumulate>
-void rows_weights_times_8(const float *p, int64_t ldp, const float *bt, int64_t ldb, int64_t d0, int64_t n,
+void rows_weights_times_dims(const float *p, int64_t ldp, const float *bt, int64_t ldb, int64_t d0, int64_t n,
                           const float *scale, float *const *out) {
   for (int r = 0; r < kRows; r += 2) {
     const float *pa = p + r * ldp, *pb = pa + ldp;
@@ -117,14 +127,14 @@ void rows_weights_times_8(const float *p, int64_t ldp, const float *bt, int64_t 
 }
 
 // out[r][d] (+)= scale[r] * sum_j p[r, j] * bt[d, j], p's rows ldp apart, bt's
-// ldb: eight dims at a time in registers, the rest (head dims not a multiple of 8) one by one
+// ldb: kDims dims at a time in registers, the rest (head dims not a multiple of kDims) one by one
 template <bool kAccumulate>
 void rows_weights_times(const float *p, int64_t ldp, const float *bt, int64_t ldb, int64_t dim, int64_t n,
                         const float *scale, float *const *out) {
   int64_t d0 = 0;
   if (n >= kLanes) {
     for (; d0 + kDims <= dim; d0 += kDims)
-      rows_weights_times_8<kAccumulate>(p, ldp, bt + d0 * ldb, ldb, d0, n, scale, out);
+      rows_weights_times_dims<kAccumulate>(p, ldp, bt + d0 * ldb, ldb, d0, n, scale, out);
   }
   const float *p0 = p, *p1 = p + ldp, *p2 = p + 2 * ldp, *p3 = p + 3 * ldp;
   for (int64_t d = d0; d < dim; ++d) {

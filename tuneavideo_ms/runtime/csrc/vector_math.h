@@ -1,5 +1,7 @@
 // Elementwise math written so that loops over it vectorise (no calls, no
-// branches: gcc vectorises neither expf nor erff without -ffast-math).
+// branches: gcc vectorises neither expf nor erff without -ffast-math; the
+// library is built with -fno-trapping-math, without which gcc keeps the
+// selects below as branches).
 #pragma once
 #include <cstdint>
 
