@@ -13,6 +13,7 @@ setup(
         "numpy>=1.24,<2",
         "omegaconf>=2.3",
         "imageio>=2.31",
+        "pillow>=9.1",  # frames resized as the benchmark resizes them, and CLIP's image processor
         "imageio-ffmpeg>=0.4.9",
         "opencv-python-headless>=4.8,<4.12",  # 4.12 and later need numpy 2: pip would backtrack
         "tqdm>=4.60",
@@ -22,6 +23,7 @@ setup(
     entry_points={"console_scripts": [
         "tuneavideo-train=tuneavideo_ms.commands.train:main",
         "tuneavideo-edit=tuneavideo_ms.commands.edit:main",
+        "tuneavideo-evaluate=tuneavideo_ms.commands.evaluate:main",
         "tuneavideo-convert=weights_convert.__main__:main",
     ]},
     extras_require={

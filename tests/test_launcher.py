@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from clip_reference import save_tiny_clip
 from conftest import BUNDLED_CLIP, DEMO_CONFIG, REPO, example_clip
 from tuneavideo_ms import tiny, training
 from tuneavideo_ms.config import load_config
@@ -68,14 +69,18 @@ def test_a_crashing_worker_fails_the_launch_with_its_log(sd, tmp_path, monkeypat
 
 
 def test_many_clips_run_n_at_a_time_and_a_failure_is_reported(sd, tmp_path):
+    clip_model = str(tmp_path / "clip")
+    save_tiny_clip(clip_model)
     configs = []
-    for name, clip in (("skiing", BUNDLED_CLIP), ("absent", str(tmp_path / "absent.mp4")),
-                       ("surfing", example_clip("man-surfing.mp4"))):
+    for name, clip, scored in (("skiing", BUNDLED_CLIP, True),
+                               ("absent", str(tmp_path / "absent.mp4"), False),
+                               ("surfing", example_clip("man-surfing.mp4"), False)):
         path = tmp_path / f"{name}.yaml"
         path.write_text(f"pretrained_model_path: {sd}\noutput_dir: {tmp_path / name}\n"
                         f"train_data:\n  video_path: {clip}\n  prompt: a man\n  n_sample_frames: 2\n"
                         "validation_data:\n  prompts: [a cat]\n  video_length: 2\n  num_inference_steps: 1\n"
                         "  guidance_scale: 1.0\n  use_inv_latent: false\n"
+                        + (f"  clip_model_path: {clip_model}\n" if scored else "") +
                         "trainable_modules: [attn1.to_q, attn2.to_q, attn_temp]\nmax_train_steps: 1\n")
         configs.append(str(path))
     result = _launch("launch_edit.sh", "--workers", "2", "--configs", *configs, "--log-dir",
@@ -83,8 +88,12 @@ def test_many_clips_run_n_at_a_time_and_a_failure_is_reported(sd, tmp_path):
                      "train_data.width=64", "train_data.height=64", "validation_data.width=64",
                      "validation_data.height=64")
     assert result.returncode != 0
-    assert "| skiing | ok |" in result.stdout and "| surfing | ok |" in result.stdout
-    assert "| absent | FAILED (1) |" in result.stdout and "video not found" in result.stderr
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in result.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert rows["skiing"][1] == "ok" and rows["surfing"][1] == "ok" and rows["absent"][1] == "FAILED (1)"
+    assert "video not found" in result.stderr
+    # the metrics of the last validation where the config asks for them
+    assert float(rows["skiing"][3]) > 0 and rows["skiing"][5] == "-" and rows["surfing"][3:6] == ["-"] * 3
     for name in ("skiing", "surfing"):
         assert os.path.isfile(tmp_path / name / "samples" / "sample-1.gif")
     assert not os.path.exists(tmp_path / "absent" / "samples")

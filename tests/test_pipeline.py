@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL as TorchAutoencoderKL
 from transformers import CLIPTextConfig, CLIPTokenizer
 from transformers import CLIPTextModel as TorchCLIPTextModel
 
+from clip_reference import save_tiny_clip
 from conftest import example_clip, rel_err
 from torch_reference import assert_matches_torch
 from tuneavideo_ms import tiny
@@ -147,16 +148,21 @@ def _infer(*args):
 
 def test_infer_edits_a_real_clip(tmp_path):
     path = tiny.build_tiny_sd(str(tmp_path / "sd"))
+    save_tiny_clip(str(tmp_path / "clip"))
     out = tmp_path / "out"
     result = _infer("--pretrained_model_path", path, "--video", CLIP, "--prompts", "a man is surfing", "a/b",
                     "--video_length", "3", "--width", "64", "--height", "128", "--num_inv_steps", "2",
-                    "--num_inference_steps", "2", "--output_dir", str(out), "--mode", "pynative")
+                    "--num_inference_steps", "2", "--output_dir", str(out), "--mode", "pynative",
+                    "--clip_model_path", str(tmp_path / "clip"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(out)) == sorted(["a_b.gif", "a_b.mp4", "a man is surfing.gif",
                                               "a man is surfing.mp4", "grid.gif", "inv_latents.npy",
-                                              "prompts.json"])
+                                              "metrics.json", "prompts.json"])
     names = json.loads((out / "prompts.json").read_text())
     assert names == {"a man is surfing": "a man is surfing", "a_b": "a/b"}
+    scores = json.loads((out / "metrics.json").read_text())
+    assert [(r["video"], r["prompt"]) for r in scores["videos"]] == list(names.items())
+    assert "a/b: frame_consistency" in result.stderr  # the log
     for name in ("a man is surfing.gif", "a man is surfing.mp4"):
         frames = imageio.mimread(out / name)
         assert len(frames) == 3 and frames[0].shape[:2] == (128, 64), name
@@ -192,7 +198,10 @@ def test_infer_refuses_bad_arguments_before_loading(tmp_path):
             (["--width", "100"], r"width 100 \(nearest that work: 96 or 104\)"),
             (["--video_length", "0"], "argument --video_length: 0 is below 1"),
             (["--output_dir", str(tmp_path / "file")], "--output_dir .* is a file"),
-            (["--unet", str(tmp_path / "none")], "--unet .*none: not a folder")):
+            (["--unet", str(tmp_path / "none")], "--unet .*none: not a folder"),
+            (["--pickscore_model_path", str(tmp_path)],
+             "--pickscore_model_path is set without --clip_model_path"),
+            (["--clip_model_path", str(tmp_path)], "--clip_model_path .*: config.json not found")):
         result = _infer("--pretrained_model_path", str(tmp_path), "--prompts", "x", *args)
         assert result.returncode != 0 and re.search(message, result.stderr), (args, result.stderr[-500:])
         assert "Traceback" not in result.stderr

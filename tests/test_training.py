@@ -1,5 +1,6 @@
 """Tuning end to end on a real clip, bit-exact resume, fp16 overflow, NaN stop,
 gradient checkpointing, and the config checks."""
+import json
 import os
 import shutil
 
@@ -7,6 +8,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from clip_reference import save_tiny_clip
 from conftest import BUNDLED_CLIP, DEMO_CONFIG, example_clip, rel_err
 from tuneavideo_ms import runtime, tiny, training
 from tuneavideo_ms.config import load_config
@@ -35,13 +37,15 @@ def _weights(path):
 
 @pytest.fixture(scope="module")
 def four_steps(sd, tmp_path_factory):
-    """Four steps in graph mode with gradient checkpointing, validated at the end."""
+    """Four steps in graph mode with gradient checkpointing, validated (and scored with CLIP) at the end."""
     out = str(tmp_path_factory.mktemp("run") / "out")
+    clip = str(tmp_path_factory.mktemp("clip") / "clip")
+    save_tiny_clip(clip)
     training.main(_config(sd, out, "max_train_steps=4", "gradient_checkpointing=True",
                           "validation_data.prompts=[a man is skiing]", "validation_data.video_length=2",
                           "validation_data.num_inv_steps=2", "validation_data.num_inference_steps=2",
                           # one denoiser graph for inversion and sampling
-                          "validation_data.guidance_scale=1.0"))
+                          "validation_data.guidance_scale=1.0", f"validation_data.clip_model_path={clip}"))
     ms.set_context(mode=ms.PYNATIVE_MODE)
     return out
 
@@ -63,11 +67,15 @@ def test_outputs_of_a_run(four_steps):
                      "unet"]
     assert os.listdir(os.path.join(four_steps, "inv_latents")) == ["ddim_latent-4.npy"]
     samples = os.path.join(four_steps, "samples")
-    assert sorted(os.listdir(samples)) == ["sample-4", "sample-4.gif"]
-    assert sorted(os.listdir(os.path.join(samples, "sample-4"))) == ["a man is skiing.gif",
-                                                                     "a man is skiing.mp4", "prompts.json"]
+    assert sorted(os.listdir(samples)) == ["metrics.json", "sample-4", "sample-4.gif"]
+    assert sorted(os.listdir(os.path.join(samples, "sample-4"))) == [
+        "a man is skiing.gif", "a man is skiing.mp4", "metrics.json", "prompts.json"]
+    with open(os.path.join(samples, "metrics.json")) as f:
+        scores = json.load(f)
+    assert list(scores) == ["4"] and scores["4"]["videos"][0]["prompt"] == "a man is skiing"
+    assert set(scores["4"]["mean"]) == {"frame_consistency", "text_alignment"}
     log = open(os.path.join(four_steps, "train.log")).read()
-    assert "step 4 loss" in log and "saved" in log
+    assert "step 4 loss" in log and "saved" in log and "a man is skiing: frame_consistency" in log
     assert load_config(os.path.join(four_steps, "config.yaml")).max_train_steps == 4
 
 
@@ -130,7 +138,7 @@ def test_nan_loss_stops_naming_the_step(sd, tmp_path):
 def test_a_failed_validation_costs_nothing(sd, tmp_path, monkeypatch):
     """The tuned UNet and config are written before the last validation, and a validation that fails
     is logged with its traceback while the run goes on."""
-    def broken(pipe, clip_latents, validation_data, output_dir, step, seed):
+    def broken(pipe, clip_latents, validation_data, output_dir, step, seed, evaluate):
         saved = os.path.isdir(os.path.join(out, "unet")) and os.path.isfile(os.path.join(out, "config.yaml"))
         raise RuntimeError(f"sampling broke at step {step}, tuned UNet saved: {saved}")
     monkeypatch.setattr(training, "validate", broken)
@@ -156,6 +164,9 @@ def test_bad_paths_fail_before_anything_is_written(sd, tmp_path):
     with pytest.raises(ValueError, match="has 16 frames"):  # the clip is read before anything is written
         training.main(_config(sd, str(out), f"train_data.video_path={BUNDLED_CLIP}",
                               "train_data.sample_start_idx=15"))
+    with pytest.raises(ValueError, match="validation_data.clip_model_path .*: not a CLIP model"):
+        training.main(_config(sd, str(out), "validation_data.prompts=[x]", "validation_data.video_length=2",
+                              f"validation_data.clip_model_path={os.path.join(sd, 'text_encoder')}"))
     with pytest.raises(ValueError, match=r"bf16 needs an Ascend device.*\(mixed_precision: fp16 or no\)"):
         training.main(_config(sd, str(out), "mixed_precision=bf16"))
     assert not out.exists()

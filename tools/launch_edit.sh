@@ -9,8 +9,9 @@
 # validation prompts as the edits) with DEVICE_ID set to its slot, writing to
 # the config's own output_dir and to LOG_DIR/<index>-<config name>.log; key=value
 # settings apply to every job. A failing clip is reported and does not stop
-# the others; a summary table lists each clip, its status and time. The exit
-# status is non-zero if any clip failed.
+# the others; a summary table lists each clip, its status, time and (for configs
+# that set validation_data.clip_model_path) the mean metrics of its last
+# validation. The exit status is non-zero if any clip failed.
 set -uo pipefail
 
 # usage: the comment block above; exit status 0 when asked for (--help), 2 after a mistake
@@ -41,8 +42,9 @@ done
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$(command -v python3 || command -v python)}"
-# two clips in one output_dir would overwrite each other's checkpoints, samples and unet/
-"$python" - "$repo" "${#configs[@]}" "${configs[@]}" "${overrides[@]}" <<'PY' || exit 2
+# each clip's output_dir, one per line; two clips in one output_dir would overwrite each other's
+# checkpoints, samples and unet/
+output_dirs=$("$python" - "$repo" "${#configs[@]}" "${configs[@]}" "${overrides[@]}" <<'PY'
 import os, sys
 sys.path.insert(0, sys.argv[1])
 from tuneavideo_ms.config import load_config
@@ -52,11 +54,15 @@ for path in configs:
     try:
         out = os.path.realpath(load_config(path, overrides).output_dir)
     except (ValueError, OSError):
+        print()
         continue  # that clip's job fails with its config's own message
     if out in seen:
         sys.exit(f"launch_edit.sh: {seen[out]} and {path} both write to {out}; give each clip its own output_dir")
     seen[out] = path
+    print(out)
 PY
+) || exit 2
+mapfile -t outputs <<< "$output_dirs"
 log_dir="${log_dir:-msrun_log/edit-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$log_dir"
 names=() logs=()
@@ -102,12 +108,30 @@ for i in "${!configs[@]}"; do
 done
 wait
 
+# the benchmark's metrics of a clip's last validation (samples/metrics.json, written when the config sets
+# validation_data.clip_model_path): "frame consistency | text alignment | PickScore", "-" where absent
+scores() {
+    "$python" - "$1/samples/metrics.json" <<'PY'
+import json, sys
+try:
+    with open(sys.argv[1]) as f:
+        record = json.load(f)
+    mean = record[max(record, key=int)]["mean"]
+except (OSError, ValueError, KeyError):
+    mean = {}
+print(" | ".join(f"{mean[k]:.2f}" if k in mean else "-"
+                 for k in ("frame_consistency", "text_alignment", "pick_score")))
+PY
+}
+
 failed=0
-printf '\n| clip | status | seconds | config |\n|---|---|---|---|\n'
+printf '\n| clip | status | seconds | frame consistency | text alignment | PickScore | config |\n'
+printf '|---|---|---|---|---|---|---|\n'
 for i in "${!configs[@]}"; do
     read -r status seconds < "${logs[$i]}.status" 2>/dev/null || { status=missing; seconds=-; }
     if [ "$status" = 0 ]; then label=ok; else label="FAILED ($status)"; failed=$((failed + 1)); fi
-    printf '| %s | %s | %s | %s |\n' "${names[$i]}" "$label" "$seconds" "${configs[$i]}"
+    printf '| %s | %s | %s | %s | %s |\n' "${names[$i]}" "$label" "$seconds" "$(scores "${outputs[$i]:-}")" \
+        "${configs[$i]}"
 done
 if [ $failed -gt 0 ]; then
     echo "launch_edit.sh: $failed of ${#configs[@]} clips failed" >&2

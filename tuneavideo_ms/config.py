@@ -43,6 +43,10 @@ class ValidationData:
     use_inv_latent: bool = True
     num_inv_steps: int = 50
     negative_prompt: Optional[str] = None
+    # the benchmark's metrics of every validation video (metrics.py): a CLIP model, and a PickScore one
+    clip_model_path: Optional[str] = None
+    pickscore_model_path: Optional[str] = None
+    pickscore_processor_path: Optional[str] = None
 
 
 @dataclass
@@ -210,6 +214,11 @@ def check_paths(c):
     if os.path.exists(c.output_dir) and not os.path.isdir(c.output_dir):
         raise NotADirectoryError(f"config key output_dir: {c.output_dir} is a file; "
                                  "output_dir must be a folder")
+    v = c.validation_data
+    if v.prompts:
+        from .metrics import check_metric_models
+        check_metric_models(v.clip_model_path, v.pickscore_model_path, v.pickscore_processor_path,
+                            lambda name: f"config key validation_data.{name}")
     resume = c.resume_from_checkpoint
     if resume not in (None, "latest") and resolve_checkpoint(c) is None:
         raise FileNotFoundError(f"config key resume_from_checkpoint: no checkpoint {resume} "

@@ -54,6 +54,11 @@ def _read_frames(path, indices):
                      f"{indices[1] - indices[0] if len(indices) > 1 else 1} need {indices[-1] + 1}")
 
 
+def read_frames(path):
+    """Every frame of a video file or a folder of images, as RGB uint8 arrays [height, width, 3]."""
+    return [_rgb(frame) for frame in _iter_frames(path)]
+
+
 def _rgb(frame):
     frame = np.asarray(frame)
     if frame.ndim == 2:

@@ -11,7 +11,7 @@ import numpy as np
 from .atomic import atomic_file
 from .inversion import ddim_inversion
 from .schedulers import DDIMScheduler
-from .video_io import save_video, save_videos_grid
+from .video_io import save_video, save_videos_grid, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,12 @@ def prompt_filenames(prompts):
 
 
 def sample_edits(pipe, prompts, output_dir, latents=None, formats=("gif", "mp4"), fps=8, grid_path=None,
-                 **sampling):
+                 evaluate=None, **sampling):
     """Samples each prompt (from `latents`, the inverted noise, when given) and
     writes output_dir/<prompt>.<format> (named by prompt_filenames), a grid of
     all prompts (by default output_dir/grid.gif) and prompts.json (file stem ->
-    prompt). Returns the paths."""
+    prompt). With `evaluate` (a metrics.VideoEvaluator), each video's scores go
+    to the log and to output_dir/metrics.json. Returns the paths."""
     os.makedirs(output_dir, exist_ok=True)
     stems = prompt_filenames(prompts)
     with atomic_file(os.path.join(output_dir, "prompts.json")) as tmp, open(tmp, "w") as f:
@@ -79,4 +80,19 @@ def sample_edits(pipe, prompts, output_dir, latents=None, formats=("gif", "mp4")
     paths.append(save_videos_grid(np.stack(videos), grid_path, n_rows=1, fps=fps))
     for path in paths:
         logger.info("wrote %s", path)
+    if evaluate is not None:
+        paths.append(score_edits(evaluate, videos, prompts, stems, os.path.join(output_dir, "metrics.json")))
     return paths
+
+
+def score_edits(evaluate, videos, prompts, stems, path):
+    """Scores each video [3, f, H, W] for its prompt; logs the scores and writes them to `path` as
+    `python -m tuneavideo_ms.evaluate --outputs` does: {"videos": [{video, prompt, scores...}], "mean"}."""
+    from .metrics import format_scores, mean_scores
+    rows = []
+    for video, prompt, stem in zip(videos, prompts, stems):
+        rows.append(dict(video=stem, prompt=prompt, **evaluate(to_uint8_frames(video), prompt)))
+        logger.info("%s: %s", prompt, format_scores(rows[-1]))
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump({"videos": rows, "mean": mean_scores(rows)}, f, indent=2, ensure_ascii=False)
+    return path

@@ -23,10 +23,11 @@ def _offline():
     return constants.HF_HUB_OFFLINE or flag in ("1", "ON", "YES", "TRUE")
 
 
-def resolve(path):
+def resolve(path, allow_patterns=DOWNLOAD):
     """A local folder for `path`: the path itself when it exists, else the
     snapshot of the Hub id `path` ("org/name") in the Hugging Face cache,
-    downloaded first when it is not cached and the Hub can be reached."""
+    downloaded first (the files `allow_patterns` match) when it is not cached
+    and the Hub can be reached."""
     path = os.fspath(path)
     if os.path.exists(path) or not is_hub_id(path):
         if not os.path.exists(path):
@@ -48,6 +49,7 @@ def resolve(path):
         raise FileNotFoundError(advice + " (HF_HUB_OFFLINE is set)")
     logger.info("downloading %s from the Hugging Face Hub into %s", path, cache)
     try:
-        return snapshot_download(path, cache_dir=cache, allow_patterns=DOWNLOAD, ignore_patterns=SKIPPED)
+        return snapshot_download(path, cache_dir=cache, allow_patterns=allow_patterns,
+                                 ignore_patterns=SKIPPED)
     except Exception as e:  # noqa: BLE001 - huggingface_hub raises many kinds; each means "not available"
         raise FileNotFoundError(f"{advice} ({type(e).__name__}: {e})") from None

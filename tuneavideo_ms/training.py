@@ -228,18 +228,35 @@ def load_checkpoint(path, params, optimizer, scaler):
 
 # ----------------------------------------------------------------------------- validation
 
-def validate(pipe, clip_latents, validation_data, output_dir, step, seed):
-    """Inverts the clip's latents (the scaled posterior mean) and samples the validation prompts."""
+def validate(pipe, clip_latents, validation_data, output_dir, step, seed, evaluate=None):
+    """Inverts the clip's latents (the scaled posterior mean) and samples the validation prompts; with
+    `evaluate` (a metrics.VideoEvaluator), scores them into samples/metrics.json (step -> the scores)."""
     v = validation_data
     latents = None
     if v.use_inv_latent:
         latents = invert_clip(pipe, clip_latents, v.num_inv_steps,
                               save_path=os.path.join(output_dir, "inv_latents", f"ddim_latent-{step}.npy"))
-    return sample_edits(pipe, list(v.prompts), os.path.join(output_dir, "samples", f"sample-{step}"),
-                        latents=latents, grid_path=os.path.join(output_dir, "samples", f"sample-{step}.gif"),
-                        video_length=v.video_length, height=v.height, width=v.width,
-                        num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
-                        negative_prompt=v.negative_prompt, seed=seed)
+    samples = os.path.join(output_dir, "samples")
+    paths = sample_edits(pipe, list(v.prompts), os.path.join(samples, f"sample-{step}"), latents=latents,
+                         grid_path=os.path.join(samples, f"sample-{step}.gif"), evaluate=evaluate,
+                         video_length=v.video_length, height=v.height, width=v.width,
+                         num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
+                         negative_prompt=v.negative_prompt, seed=seed)
+    if evaluate is not None:
+        _record_scores(os.path.join(samples, "metrics.json"), step, paths[-1])
+    return paths
+
+
+def _record_scores(path, step, scores_path):
+    """Adds one validation's scores (sample_edits' metrics.json) to the run's record under its step."""
+    record = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+    with open(scores_path) as f:
+        record[str(step)] = json.load(f)
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(record, f, indent=2, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -345,6 +362,11 @@ def _train(c, pixels, rank, world_size):
     logger.info("tuning %d tensors (%d values) of the UNet on %s: %d steps, batch %d x %d micro-batches x %d "
                 "workers, seed %d", len(params), sum(p.size for p in params), c.train_data.video_path,
                 c.max_train_steps, c.train_batch_size, c.gradient_accumulation_steps, world_size, seed)
+    v = c.validation_data
+    evaluate = None
+    if rank == 0 and v.prompts and v.clip_model_path:  # loaded first: a broken model fails before any step
+        from .metrics import VideoEvaluator
+        evaluate = VideoEvaluator(v.clip_model_path, v.pickscore_model_path, v.pickscore_processor_path)
     failed_validations = []
     bar = tqdm(total=c.max_train_steps, initial=step, desc="steps", disable=rank != 0)
     while step < c.max_train_steps:
@@ -382,11 +404,10 @@ def _train(c, pixels, rank, world_size):
             save_checkpoint(c.output_dir, step, params, optimizer, scaler, seed)
         if step == c.max_train_steps:
             save_tuned(c, unet, seed)  # the finished work is on disk before the last validation
-        if c.validation_data.prompts and (step % c.validation_steps == 0 or step == c.max_train_steps):
+        if v.prompts and (step % c.validation_steps == 0 or step == c.max_train_steps):
             start = time.time()
             try:
-                validate(pipe, mean * pipe.vae.config.scaling_factor, c.validation_data, c.output_dir, step,
-                         seed)
+                validate(pipe, mean * pipe.vae.config.scaling_factor, v, c.output_dir, step, seed, evaluate)
             except Exception:  # noqa: BLE001 - whatever breaks in sampling, the run and its weights go on
                 logger.exception("validation at step %d failed; training goes on", step)
                 failed_validations.append(step)

@@ -608,7 +608,7 @@ def find_weights(folder, names, variant=None):
 _LEGACY_ATTENTION = re.compile(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$")
 _LEGACY_RENAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 # buffers older transformers saved beside the weights; they are recomputed, not loaded
-_LEGACY_BUFFERS = ("text_model.embeddings.position_ids",)
+_LEGACY_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
 
 def modern_name(name):

@@ -1,6 +1,7 @@
 """Edit a clip with text: DDIM-invert it with a (tuned) video UNet, then sample
 each prompt from the inverted noise. Writes <prompt>.gif/.mp4, grid.gif,
-prompts.json (file name -> prompt) and inv_latents.npy.
+prompts.json (file name -> prompt), inv_latents.npy and, with --clip_model_path,
+metrics.json (the benchmark's metrics of each edit).
 
     tuneavideo-edit --pretrained_model_path SD_DIR_OR_HUB_ID [--unet OUTPUT_DIR/unet] \\
         --video clip.mp4 --prompts "a man is surfing" "spider man is skiing" --output_dir outputs/edit
@@ -14,22 +15,7 @@ import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The defaults shown, the description's layout kept."""
-
-
-def _number(kind, minimum):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            whole = "whole " if kind is int else ""
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {whole}number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-        return value
-    return parse
+from .arguments import HelpFormatter, number
 
 
 def parse_args(argv=None):
@@ -43,16 +29,23 @@ def parse_args(argv=None):
     p.add_argument("--prompts", nargs="+", required=True)
     p.add_argument("--negative_prompt", default=None)
     p.add_argument("--output_dir", default="outputs/edit")
-    p.add_argument("--video_length", type=_number(int, 1), default=8)
-    p.add_argument("--width", type=_number(int, 8), default=512)
-    p.add_argument("--height", type=_number(int, 8), default=512)
-    p.add_argument("--sample_start_idx", type=_number(int, 0), default=0)
-    p.add_argument("--sample_frame_rate", type=_number(int, 1), default=1)
-    p.add_argument("--num_inv_steps", type=_number(int, 1), default=50)
-    p.add_argument("--num_inference_steps", type=_number(int, 1), default=50)
-    p.add_argument("--guidance_scale", type=_number(float, 0), default=12.5)
-    p.add_argument("--seed", type=_number(int, 0), default=33)
-    p.add_argument("--fps", type=_number(int, 1), default=8)
+    p.add_argument("--video_length", type=number(int, 1), default=8)
+    p.add_argument("--width", type=number(int, 8), default=512)
+    p.add_argument("--height", type=number(int, 8), default=512)
+    p.add_argument("--sample_start_idx", type=number(int, 0), default=0)
+    p.add_argument("--sample_frame_rate", type=number(int, 1), default=1)
+    p.add_argument("--num_inv_steps", type=number(int, 1), default=50)
+    p.add_argument("--num_inference_steps", type=number(int, 1), default=50)
+    p.add_argument("--guidance_scale", type=number(float, 0), default=12.5)
+    p.add_argument("--seed", type=number(int, 0), default=33)
+    p.add_argument("--fps", type=number(int, 1), default=8)
+    p.add_argument("--clip_model_path", default=None,
+                   help="score each edit with the benchmark's CLIP metrics (a CLIP model folder or Hub id, "
+                        "e.g. openai/clip-vit-large-patch14): output_dir/metrics.json")
+    p.add_argument("--pickscore_model_path", default=None,
+                   help="and with PickScore (needs --clip_model_path)")
+    p.add_argument("--pickscore_processor_path", default=None,
+                   help="the PickScore model's processor, when its folder has none")
     p.add_argument("--device", default=None, choices=["Ascend", "GPU", "CPU"],
                    help="default: the first available")
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
@@ -74,6 +67,8 @@ def check_args(args):
                                 "(a tuned UNet is output_dir/unet of a run)")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise NotADirectoryError(f"--output_dir {args.output_dir} is a file; it must be a folder")
+    from ..metrics import check_metric_models
+    check_metric_models(args.clip_model_path, args.pickscore_model_path, args.pickscore_processor_path)
     if args.inv_latents:
         if not os.path.isfile(args.inv_latents):
             raise FileNotFoundError(f"--inv_latents {args.inv_latents}: file not found")
@@ -118,6 +113,11 @@ def run(args):
     from ..pipelines import TuneAVideoPipeline
 
     runtime.setup(args.device, args.mode)
+    evaluate = None
+    if args.clip_model_path:
+        from ..metrics import VideoEvaluator
+        evaluate = VideoEvaluator(args.clip_model_path, args.pickscore_model_path,
+                                  args.pickscore_processor_path)
     unet = UNet3DConditionModel.from_pretrained(args.unet) if args.unet else None
     pipe = TuneAVideoPipeline.from_pretrained(args.pretrained_model_path, unet=unet)
     if pixels is not None:
@@ -127,7 +127,7 @@ def run(args):
     paths = sample_edits(pipe, args.prompts, args.output_dir, latents=latents, fps=args.fps,
                          video_length=args.video_length, height=args.height, width=args.width,
                          num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                         negative_prompt=args.negative_prompt, seed=args.seed)
+                         negative_prompt=args.negative_prompt, seed=args.seed, evaluate=evaluate)
     print("\n".join(["edited videos:"] + paths))
 
 

@@ -29,6 +29,14 @@ def _transformers_fields():
     return tuple(PretrainedConfig().to_dict())
 
 
+def clip_config(kind, defaults, config, ignored=IGNORED):
+    """A CLIP config dict (transformers' format) over `defaults`, as build_config makes it; the fields
+    transformers writes into every config are ignored too."""
+    if any(k not in defaults and k not in ignored and not k.startswith("_") for k in config):
+        ignored += _transformers_fields()
+    return build_config(kind, defaults, config, ignored)
+
+
 def _activation(name):
     if name == "quick_gelu":
         return lambda x: x * ops.sigmoid(1.702 * x)
@@ -131,12 +139,8 @@ class CLIPTextModel(ModelMixin, nn.Cell):
 
     def __init__(self, **config):
         super().__init__()
-        ignored = IGNORED
-        if any(k not in DEFAULTS and k not in IGNORED and not k.startswith("_") for k in config):
-            ignored += _transformers_fields()
-        c = build_config("CLIP text encoder", DEFAULTS, config, ignored)
-        self.config = c
-        self.text_model = CLIPTextTransformer(c)
+        self.config = clip_config("CLIP text encoder", DEFAULTS, config)
+        self.text_model = CLIPTextTransformer(self.config)
 
     def construct(self, input_ids):
         return self.text_model(input_ids.astype(ms.int32))
