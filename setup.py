@@ -15,10 +15,13 @@ setup(
         "imageio>=2.31",
         "pillow>=9.1",  # frames resized as the benchmark resizes them, and CLIP's image processor
         "imageio-ffmpeg>=0.4.9",
-        "opencv-python-headless>=4.8,<4.12",  # 4.12 and later need numpy 2: pip would backtrack
+        # mindone requires opencv-python; the headless build beside it would be a second copy of cv2.
+        # 4.12 and later need numpy 2: pip would backtrack
+        "opencv-python>=4.8,<4.12",
         "tqdm>=4.60",
         "transformers==4.57.1",  # CLIPTokenizer; mindone 0.5.0 pins this version too
         "huggingface_hub>=0.34,<1.0",  # 1.x breaks transformers 4.57.1
+        "mindone==0.5.0",  # its diffusers schedulers: DPM-Solver++ (and its inverse), Euler, UniPC
     ],
     entry_points={"console_scripts": [
         "tuneavideo-train=tuneavideo_ms.commands.train:main",

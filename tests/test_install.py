@@ -24,7 +24,7 @@ def test_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import tuneavideo_ms; print(tuneavideo_ms.__file__)"],
                            capture_output=True, text=True, cwd=elsewhere, env=env, timeout=60)
     assert where.stdout.startswith(str(site)), where.stdout + where.stderr
-    for command in ("tuneavideo-train", "tuneavideo-edit", "tuneavideo-convert"):
+    for command in ("tuneavideo-train", "tuneavideo-edit", "tuneavideo-evaluate", "tuneavideo-convert"):
         helped = subprocess.run([str(site / "bin" / command), "--help"], capture_output=True, text=True,
                                 cwd=elsewhere, env=env, timeout=120)
         assert helped.returncode == 0, helped.stderr

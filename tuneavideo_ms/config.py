@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .data import check_frame_size
 from .hub import is_hub_id
+from .sampling import SAMPLERS
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")  # optim.lr_lambda's
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -43,6 +44,8 @@ class ValidationData:
     use_inv_latent: bool = True
     num_inv_steps: int = 50
     negative_prompt: Optional[str] = None
+    # the sampler (sampling.SAMPLERS): ddim, the original's; dpmsolver++ inverts with its own inverse
+    scheduler: str = "ddim"
     # the benchmark's metrics of every validation video (metrics.py): a CLIP model, and a PickScore one
     clip_model_path: Optional[str] = None
     pickscore_model_path: Optional[str] = None
@@ -193,6 +196,7 @@ def check(c):
     for key in ("video_length", "num_inference_steps", "num_inv_steps"):
         _require(v[key] >= 1, f"validation_data.{key}", v[key], "a whole number of at least 1")
     _require(v.guidance_scale >= 0, "validation_data.guidance_scale", v.guidance_scale, "0 or more")
+    _require(v.scheduler in SAMPLERS, "validation_data.scheduler", v.scheduler, " or ".join(SAMPLERS))
     if v.prompts and v.use_inv_latent:
         # sampling starts from the clip's inverted latents, which have the clip's frames and size
         for key, train_key in (("video_length", "n_sample_frames"), ("height", "height"), ("width", "width")):

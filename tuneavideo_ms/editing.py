@@ -9,8 +9,7 @@ import re
 import numpy as np
 
 from .atomic import atomic_file
-from .inversion import ddim_inversion
-from .schedulers import DDIMScheduler
+from .inversion import invert
 from .video_io import save_video, save_videos_grid, to_uint8_frames
 
 logger = logging.getLogger(__name__)
@@ -18,9 +17,9 @@ logger = logging.getLogger(__name__)
 
 def invert_clip(pipe, latents, num_inv_steps, prompt="", save_path=None):
     """The clip's scaled latents [1, 4, f, h, w] -> its inverted noise, same
-    shape (a numpy array, also written to `save_path` when given)."""
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    noise = ddim_inversion(pipe, scheduler, latents, num_inv_steps, prompt=prompt)[-1].asnumpy()
+    shape (a numpy array, also written to `save_path` when given), by the
+    inversion that matches the pipeline's sampler (inversion.invert)."""
+    noise = invert(pipe, latents, num_inv_steps, prompt=prompt)[-1].asnumpy()
     if save_path:
         with atomic_file(save_path) as tmp, open(tmp, "wb") as f:
             np.save(f, noise)

@@ -7,7 +7,6 @@ from typing import Optional, Sequence, Union
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
-from tqdm.auto import tqdm
 
 from . import hub
 from .data import check_frame_size
@@ -17,6 +16,7 @@ from .models.modeling import read_config
 from .models.text_encoder import CLIPTextModel
 from .models.vae import AutoencoderKL
 from .runtime.compile_cache import CachedCompile
+from .sampling import sample
 from .schedulers import DDIMScheduler
 
 logger = logging.getLogger(__name__)
@@ -224,12 +224,8 @@ class TuneAVideoPipeline:
         if guidance_scale > 1.0:
             uncond = ops.repeat_interleave(self.encode_prompt(negatives), num_videos_per_prompt, 0)
             context = ops.concat((uncond, context), 0)
-        self.scheduler.set_timesteps(num_inference_steps)
-        for t in tqdm(self.scheduler.timesteps, desc="DDIM sampling"):
-            noise_pred = self.denoise(latents, int(t), context, guidance_scale)
-            noise = ms.Tensor(rng.standard_normal(shape).astype(np.float32)) if eta > 0 else None
-            latents = self.scheduler.step(noise_pred, int(t), latents, eta=eta,
-                                          variance_noise=noise).prev_sample
+        latents = sample(lambda x, t: self.denoise(x, t, context, guidance_scale), self.scheduler, latents,
+                         num_inference_steps, eta, rng)
         return TuneAVideoPipelineOutput(videos=self.decode_latents(latents))
 
     @staticmethod

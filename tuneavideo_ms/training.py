@@ -32,6 +32,7 @@ from .optim import AdamW, hyper_map, lr_lambda
 from .pipelines import TuneAVideoPipeline
 from .runtime.attention import make_recomputable
 from .runtime.compile_cache import CachedCompile
+from .sampling import make_scheduler
 from .schedulers import noisy_sample, velocity
 from .weights import read_state_dict, save_safetensors
 
@@ -328,6 +329,7 @@ def _train(c, pixels, rank, world_size):
     unet = UNet3DConditionModel.from_pretrained_2d(c.pretrained_model_path, subfolder="unet")
     pipe = TuneAVideoPipeline.from_pretrained(c.pretrained_model_path, unet=unet)
     noise_scheduler = pipe.scheduler  # training reads only its noise schedule, which sampling never changes
+    pipe.scheduler = make_scheduler(c.validation_data.scheduler, noise_scheduler)
 
     # the frozen parts run once: the clip's posterior and the prompt's embedding
     mean, std = pipe.encode_posterior(pixels[None])

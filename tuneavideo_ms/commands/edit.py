@@ -15,6 +15,7 @@ import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..sampling import SAMPLERS
 from .arguments import HelpFormatter, number
 
 
@@ -34,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--height", type=number(int, 8), default=512)
     p.add_argument("--sample_start_idx", type=number(int, 0), default=0)
     p.add_argument("--sample_frame_rate", type=number(int, 1), default=1)
+    p.add_argument("--scheduler", default="ddim", choices=list(SAMPLERS),
+                   help="the sampler: ddim (the original's), or mindone's DPM-Solver++ (inverted with its "
+                        "own inverse: 20 steps do) or Euler (inverted with DDIM)")
     p.add_argument("--num_inv_steps", type=number(int, 1), default=50)
     p.add_argument("--num_inference_steps", type=number(int, 1), default=50)
     p.add_argument("--guidance_scale", type=number(float, 0), default=12.5)
@@ -111,6 +115,7 @@ def run(args):
     from ..editing import invert_clip, sample_edits
     from ..models import UNet3DConditionModel
     from ..pipelines import TuneAVideoPipeline
+    from ..sampling import make_scheduler
 
     runtime.setup(args.device, args.mode)
     evaluate = None
@@ -120,6 +125,7 @@ def run(args):
                                   args.pickscore_processor_path)
     unet = UNet3DConditionModel.from_pretrained(args.unet) if args.unet else None
     pipe = TuneAVideoPipeline.from_pretrained(args.pretrained_model_path, unet=unet)
+    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler)
     if pixels is not None:
         clip_latents = pipe.encode_video(pixels[None], deterministic=True)
         latents = invert_clip(pipe, clip_latents, args.num_inv_steps,
