@@ -12,7 +12,9 @@ time is the job's own (loading the models and the whole edit, not the interprete
 is the summed PSS of the job's processes (bench/unet.py). The last row is the largest difference between
 the two sides' videos (pixels in [0, 1]).
 
-    python bench/edit.py [--threads 2] [--steps 10] [--skip mid|tiny]
+Samplers: a DDIM 50 + 50 edit against a DPM-Solver++ 20 + 20 edit of the same clip and prompts.
+
+    python bench/edit.py [--threads 2] [--steps 10] [--skip mid|tiny|samplers]
 """
 import argparse
 import os
@@ -196,15 +198,50 @@ def bench_tiny(work):
               f"{again / first:.2f} |")
 
 
+SAMPLER_RUNS = (("ddim", 50), ("dpmsolver++", 20))
+
+
+def bench_samplers(work):
+    """A DDIM 50 + 50 edit against a DPM-Solver++ 20 + 20 one (`tools/infer.py`, the tiny model, its graphs
+    cached by a first run), and how well each pair of inversion and sampling gives the clip back on the
+    oracle denoiser of tests/test_samplers.py."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import numpy as np
+    from test_samplers import reconstruction_error
+    from tuneavideo_ms import tiny
+    model = os.path.join(work, "tiny-sd")
+    if not os.path.isdir(model):
+        tiny.build_tiny_sd(model)
+    rng = np.random.default_rng(0)
+    clean, noise = rng.standard_normal((2, 1, 4, 4, 8, 8))
+    print("\nSamplers: `tools/infer.py` on the tiny model (4 frames of 64x64, two prompts, graphs cached), "
+          "whole process; the oracle's reconstruction error (largest, of latents of unit scale)\n")
+    print("| sampler | inversion + sampling steps | rerun (s) | oracle error, epsilon | oracle error, v |")
+    print("|---|---|---|---|---|")
+    for name, steps in SAMPLER_RUNS:
+        args = [os.path.join(REPO, "tools", "infer.py"), "--pretrained_model_path", model, "--video", CLIP,
+                "--prompts", *PROMPTS, "--video_length", "4", "--width", "64", "--height", "64",
+                "--scheduler", name, "--num_inv_steps", str(steps), "--num_inference_steps", str(steps),
+                "--output_dir", os.path.join(work, f"infer-{name}")]
+        cache = os.path.join(work, f"graphs-{name}")
+        _command(args, cache)
+        seconds = _command(args, cache)[0]
+        errors = [reconstruction_error(name, kind, steps, clean, noise)
+                  for kind in ("epsilon", "v_prediction")]
+        print(f"| {name} | {steps} + {steps} x 2 | {seconds:.1f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["mid", "tiny"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["mid", "tiny", "samplers"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         if "tiny" not in args.skip:
             bench_tiny(work)
+        if "samplers" not in args.skip:
+            bench_samplers(work)
         if "mid" not in args.skip:
             bench_mid(work, args.threads, args.steps)
 
