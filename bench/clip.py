@@ -10,7 +10,6 @@ warm-up call, which is where MindSpore compiles), the GFLOP per frame (counted w
 FlopCounterMode) and the peak memory. A 24-frame video costs 24 times the per-frame time per model.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -114,8 +113,8 @@ def main():
         print(f"| {name} | {t['gflop']:.0f} | {t['seconds']:.3f} | {m['seconds']:.3f} | "
               f"{m['seconds'] / t['seconds']:.2f}x | {t_peak:.2f} / {m_peak:.2f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        from tuneavideo_ms.layout import write_json
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..sampling import SAMPLERS
-from .arguments import HelpFormatter, number
+from .arguments import HelpFormatter, add_device_arguments, add_pickscore_arguments, number
 
 
 def parse_args(argv=None):
@@ -46,13 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--clip_model_path", default=None,
                    help="score each edit with the benchmark's CLIP metrics (a CLIP model folder or Hub id, "
                         "e.g. openai/clip-vit-large-patch14): output_dir/metrics.json")
-    p.add_argument("--pickscore_model_path", default=None,
-                   help="and with PickScore (needs --clip_model_path)")
-    p.add_argument("--pickscore_processor_path", default=None,
-                   help="the PickScore model's processor, when its folder has none")
-    p.add_argument("--device", default=None, choices=["Ascend", "GPU", "CPU"],
-                   help="default: the first available")
-    p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
+    add_pickscore_arguments(p)
+    add_device_arguments(p)
     return p.parse_args(argv)
 
 

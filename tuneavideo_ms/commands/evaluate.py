@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from .arguments import HelpFormatter, number
+from .arguments import HelpFormatter, add_device_arguments, add_pickscore_arguments, number
 
 
 def parse_args(argv=None):
@@ -25,17 +25,11 @@ def parse_args(argv=None):
     p.add_argument("--outputs", default=None,
                    help="a folder holding prompts.json and its videos (tuneavideo-edit's output), or folders "
                         "of them (a tuning run's output_dir or its samples/)")
-    p.add_argument("--pickscore_model_path", default=None,
-                   help="a PickScore model folder or Hub id (yuvalkirstain/PickScore_v1)")
-    p.add_argument("--pickscore_processor_path", default=None,
-                   help="the PickScore model's processor, when its folder has none "
-                        "(laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
+    add_pickscore_arguments(p)
     p.add_argument("--resize", type=number(int, 1), default=480,
                    help="frames are resized to this square first")
     p.add_argument("--json", default=None, help="write the scores to this JSON file")
-    p.add_argument("--device", default=None, choices=["Ascend", "GPU", "CPU"],
-                   help="default: the first available")
-    p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
+    add_device_arguments(p)
     args = p.parse_args(argv)
     if (args.video is None) == (args.outputs is None):
         p.error("give --video (with --prompt) or --outputs")
