@@ -2,4 +2,4 @@
 from .commands.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m tuneavideo_ms.evaluate")

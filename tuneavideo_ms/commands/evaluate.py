@@ -16,8 +16,9 @@ import sys
 from .arguments import HelpFormatter, add_device_arguments, add_pickscore_arguments, number
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tuneavideo_ms.evaluate", description=__doc__,
+def parse_args(argv=None, prog=None):
+    """The options; `prog` names the command in messages (by default the script's name)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--clip_model_path", required=True, help="a CLIP model folder (transformers) or Hub id")
     p.add_argument("--video", default=None, help="a GIF, an MP4 or a folder of frames")
@@ -66,13 +67,14 @@ def edited_videos(outputs):
     return videos
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog=None):
+    """tuneavideo-evaluate, and python -m tuneavideo_ms.evaluate (which passes its `prog`)."""
+    args = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         scores = run(args)
     except (ValueError, OSError) as e:  # bad input: a path, a video, a model folder; the message says which
-        sys.exit(f"python -m tuneavideo_ms.evaluate: {e}")
+        sys.exit(f"{prog or os.path.basename(sys.argv[0])}: {e}")
     if args.json:
         from ..atomic import atomic_file
         with atomic_file(args.json) as tmp, open(tmp, "w") as f:
