@@ -25,6 +25,8 @@ from tuneavideo_ms.models.normalization import GroupNorm, LayerNorm
     ((3, 8, 2, 6, 6), 4, 1, 1, 0),      # shortcut
     ((1, 4, 2, 8, 8), 8, 5, 1, 2),      # a wider kernel (conv_in_kernel)
     ((1, 16, 4, 4, 4), 32, 3, 1, 1),    # more channels out than pixels: conv2d_matmul's images side by side
+    ((1, 4, 2, 128, 128), 8, 3, 1, 1),  # frames large enough for MindSpore's own convolution
+    ((1, 4, 1, 129, 131), 8, 3, 2, 0),  # the same, downsampling odd sizes
 ])
 @pytest.mark.parametrize("kernel_cell", ["clip", "frames"])
 def test_matmul_conv_equals_portable(rng, shape, out_channels, kernel, stride, padding, kernel_cell):

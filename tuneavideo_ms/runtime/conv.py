@@ -68,6 +68,12 @@ class FrameConv(nn.Cell):
         return swap_axes_1_2(x.reshape(b, f, c, h * w)).reshape(b, c, f, h, w)
 
 
+# Frames of at least this many pixels go through MindSpore's own convolution (oneDNN on CPU), which outran
+# the im2col and MatMul from 64x64 frames up in bench/conv.py; only the VAE's outer levels are this large
+# (the UNet's latents, which training differentiates through, are smaller).
+NATIVE_CONV_MIN_PIXELS = 128 * 128
+
+
 class ClipIm2ColConv(nn.Cell):
     """FrameConv's numbers as one MatMul over the columns of the whole clip
     (cpu_kernels.video_im2col_op), whose output is already in the clip's
@@ -75,7 +81,8 @@ class ClipIm2ColConv(nn.Cell):
     conv2d_matmul's batched product makes and a training graph keeps for the
     backward. Weight [out, in * k * k]. The kernel is float32; other dtypes
     take conv2d_matmul per frame, and so does mixed precision, since
-    Cell.to_float casts a custom operator's float32 inputs too."""
+    Cell.to_float casts a custom operator's float32 inputs too. Large frames
+    (NATIVE_CONV_MIN_PIXELS) take MindSpore's convolution per frame."""
 
     flat_weight = True
     fp16 = bf16 = False  # Cell.to_float sets them (as add_flags attributes)
@@ -85,6 +92,7 @@ class ClipIm2ColConv(nn.Cell):
         self.im2col = cpu_kernels.video_im2col_op(library)
         self.settings_as_shape = ms.Tensor(np.zeros((kernel_size, stride, padding + 1), np.float32))
         self.frames = FrameConv(conv2d_matmul, kernel_size, stride, padding)
+        self.native = FrameConv(conv2d_portable, kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def construct(self, x, weight, bias):
@@ -92,6 +100,8 @@ class ClipIm2ColConv(nn.Cell):
             return self.frames(x, weight, bias)
         b, c, f, h, w = x.shape
         o = weight.shape[0]
+        if h * w >= NATIVE_CONV_MIN_PIXELS:
+            return self.native(x, weight.reshape(o, c, self.kernel_size, self.kernel_size), bias)
         if self.kernel_size == 1 and self.stride == 1 and self.padding == 0:
             cols = x.reshape(b, c, f * h * w)  # already the columns
         else:
