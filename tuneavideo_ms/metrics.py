@@ -8,7 +8,6 @@ CLIP model's own preprocessing (its preprocessor_config.json); prompts through i
   and the prompt's embeddings), averaged over the frames;
 - PickScore: the same logit from a PickScore model (a CLIP model fine-tuned on human preferences).
 """
-import logging
 import os
 from typing import Optional
 
@@ -18,8 +17,6 @@ import numpy as np
 from . import hub
 from .models.clip import CLIPModel
 from .models.modeling import model_folder, read_config
-
-logger = logging.getLogger(__name__)
 
 METRICS = ("frame_consistency", "text_alignment", "pick_score")
 TOKENIZER_FILES = ("vocab.json", "merges.txt")

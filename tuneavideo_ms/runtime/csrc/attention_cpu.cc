@@ -20,7 +20,7 @@ namespace {
 
 // Tiles sized to the vector registers: AVX-512 has 32 of 16 floats, AVX2 16 of 8. Accumulators that
 // outgrow them spill to memory on every step of the inner loops (AVX2 with AVX-512's tiles ran the
-// forward a third slower).
+// forward measurably slower).
 #ifdef __AVX512F__
 constexpr int kVectorFloats = 16;
 #else
