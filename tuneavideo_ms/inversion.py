@@ -71,7 +71,7 @@ def invert(pipeline: TuneAVideoPipeline, video_latent: Union[np.ndarray, ms.Tens
     num_inv_steps + 1 latents, from `video_latent` to the inverted noise (the last)."""
     sampler = type(pipeline.scheduler).__name__
     if sampler in INVERSES:
-        paired = PAIRED["dpmsolver++"]
+        paired = PAIRED.get(sampler, {})
         if any(pipeline.scheduler.config.get(k) != v for k, v in paired.items()):
             logger.warning("%s samples its inverse's noise back to the clip only with %s (as "
                            "sampling.make_scheduler builds it)", sampler,

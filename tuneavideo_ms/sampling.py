@@ -37,14 +37,15 @@ def noise_schedule(scheduler):
 # clip as the sample at the least noisy level (t = 0) and ends at the noisiest (t = 999): the sampler must
 # start there, which only the "linspace" spacing does (SD's "leading" starts at t = 901), and end at t = 0's
 # level (sigma_min), not at sigma 0. DDIM is consistent in the same way when set_alpha_to_one is false.
-PAIRED = {"dpmsolver++": dict(timestep_spacing="linspace", final_sigmas_type="sigma_min")}
+# Keyed by class, as INVERSES is.
+PAIRED = {"DPMSolverMultistepScheduler": dict(timestep_spacing="linspace", final_sigmas_type="sigma_min")}
 
 
 def make_scheduler(name, like):
     """The sampler `name` (a key of SAMPLERS) on the noise schedule of the scheduler `like`."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: use {', '.join(SAMPLERS)}")
-    config = dict(noise_schedule(like), **PAIRED.get(name, {}))
+    config = dict(noise_schedule(like), **PAIRED.get(SAMPLERS[name], {}))
     if name == "ddim":
         # imported here, as MindSpore is: command lines list SAMPLERS in their --help without loading it
         from .schedulers import DDIMScheduler
